@@ -1,0 +1,588 @@
+"""Datasets, per-minibatch input transforms and minibatch iteration.
+
+Every dataset is held in memory as **raw values** (:class:`Dataset`): for quantized
+data these are the integer levels stored as float32 (digits ``0..16``, MNIST
+``0..255``), so the choice of what the model sees (grey values, binarized,
+dequantized or categorical levels) is made per minibatch by :class:`DataTransform`
+and can differ between runs on the same data.
+
+Splits are fixed functions of ``split_seed`` only (never of the training seed), so
+figures from different runs and models are computed on the same datapoints:
+
+* ``digits`` (scikit-learn, 1797 8x8 images, works offline): a fixed permutation
+  split 80/10/10 (train/val/test) by default.
+* ``mnist``, ``fashion_mnist``, ``kmnist``: official test set; validation is the
+  last ``val_fraction`` of the official training set (no shuffle).
+* ``mnist10k`` (the "MNIST-10k" benchmark protocol): only the official MNIST test
+  set; train = first 8000 images, test = last 2000. The protocol has no separate
+  validation split, so ``val`` *is* ``test``: validation figures are for
+  monitoring only and must not be used for model selection.
+* A path to a ``.npy``, ``.npz`` or ``.pt`` file (see :func:`load_dataset`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "FILE_EXTENSIONS",
+    "BINARIZE_MODES",
+    "load_dataset",
+    "default_data_root",
+    "DataTransform",
+    "minibatch_indices",
+    "iterate_minibatches",
+]
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "mnist10k")
+FILE_EXTENSIONS = (".npy", ".npz", ".pt")
+BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
+SPLITS = ("train", "val", "test")
+
+_TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+_MNIST10K_TRAIN = 8000
+_MNIST10K_SIZE = 10000
+
+
+@dataclass
+class Dataset:
+    """An in-memory dataset with fixed train/val/test splits of raw values.
+
+    Attributes:
+        name: Registered name or the file path the data came from.
+        train: Raw values, float32, shape ``(N, *event_shape)``. Quantized data hold
+            the integer levels as floats.
+        val: Validation split (for ``mnist10k`` the same tensor as ``test``).
+        test: Test split.
+        train_labels: int64 labels of shape ``(N,)`` or ``None``.
+        val_labels: See ``train_labels``.
+        test_labels: See ``train_labels``.
+        levels: Number of discrete levels for integer-level data (digits: 17,
+            MNIST: 256), ``None`` for continuous data.
+        event_shape: Shape of one datapoint, e.g. ``(8, 8)`` or ``(1, 28, 28)``.
+        val_is_test: True when the protocol has no separate validation split.
+    """
+
+    name: str
+    train: Tensor
+    val: Tensor
+    test: Tensor
+    train_labels: Tensor | None
+    val_labels: Tensor | None
+    test_labels: Tensor | None
+    levels: int | None
+    event_shape: tuple[int, ...]
+    val_is_test: bool = False
+
+    def __post_init__(self) -> None:
+        self.event_shape = tuple(int(s) for s in self.event_shape)
+        # Validating at construction means no code path can hand a model bad data.
+        if self.levels is not None and self.levels < 2:
+            raise ValueError(f"{self.name}: levels must be >= 2 or None, got {self.levels}.")
+        for split in SPLITS:
+            x, y = self.split(split)
+            if x.dtype != torch.float32:
+                raise ValueError(f"{self.name} {split}: raw values must be float32, got {x.dtype}.")
+            _check_values(x, f"{self.name} {split}")
+            if tuple(x.shape[1:]) != self.event_shape:
+                raise ValueError(
+                    f"{self.name} {split}: datapoint shape {tuple(x.shape[1:])} != event_shape {self.event_shape}."
+                )
+            if self.levels is not None and ((x != x.round()).any() or x.min() < 0 or x.max() > self.levels - 1):
+                raise ValueError(
+                    f"{self.name} {split}: levels={self.levels} but values are not integers in "
+                    f"[0, {self.levels - 1}] (range {x.min().item()}..{x.max().item()})."
+                )
+            if y is not None and (y.dtype != torch.int64 or y.shape != (x.shape[0],)):
+                raise ValueError(
+                    f"{self.name} {split}_labels: need int64 of shape ({x.shape[0]},), "
+                    f"got {y.dtype} of shape {tuple(y.shape)}."
+                )
+
+    @property
+    def num_dims(self) -> int:
+        """Number of dimensions of one datapoint (product of ``event_shape``)."""
+        return math.prod(self.event_shape)
+
+    def split(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """Return ``(x, labels)`` of split ``"train"``, ``"val"`` or ``"test"``."""
+        if name not in SPLITS:
+            raise ValueError(f"Unknown split {name!r}; choose one of {SPLITS}.")
+        return getattr(self, name), getattr(self, f"{name}_labels")
+
+    def to(self, device: torch.device | str) -> Dataset:
+        """Return a copy with all tensors on ``device`` (keeps ``val is test`` sharing)."""
+        moved = {k: None if (t := getattr(self, k)) is None else t.to(device) for k in _TENSOR_FIELDS}
+        if self.val_is_test:
+            moved["val"], moved["val_labels"] = moved["test"], moved["test_labels"]
+        return Dataset(self.name, **moved, levels=self.levels, event_shape=self.event_shape, val_is_test=self.val_is_test)
+
+    def __repr__(self) -> str:
+        # The dataclass default would print every tensor.
+        sizes = ", ".join(f"{s}={len(getattr(self, s))}" for s in SPLITS)
+        return f"Dataset(name={self.name!r}, levels={self.levels}, event_shape={self.event_shape}, {sizes})"
+
+
+_TENSOR_FIELDS = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
+
+
+def _check_values(x: Tensor, what: str) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(x.shape)}.")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what}: split is empty (shape {tuple(x.shape)}).")
+    if x.is_floating_point():
+        bad = ~torch.isfinite(x)
+        if bad.any():
+            n_nan, n_bad = int(torch.isnan(x).sum()), int(bad.sum())
+            rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten()
+            first = [tuple(i.tolist()) for i in bad.nonzero()[:5]]
+            raise ValueError(
+                f"{what}: {n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} inf) in "
+                f"{len(rows)} of {x.shape[0]} datapoints (rows {rows[:10].tolist()}"
+                f"{'...' if len(rows) > 10 else ''}); first positions {first}. Clean or drop these rows."
+            )
+
+
+def default_data_root() -> Path:
+    """``$PYRO_VAE_DATA`` if set, else ``~/.cache/pyro_vae/data``."""
+    env = os.environ.get("PYRO_VAE_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pyro_vae" / "data"
+
+
+def _fixed_split(n: int, val_fraction: float, test_fraction: float, split_seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    if not (0 <= val_fraction and 0 <= test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"Need fractions >= 0 summing to < 1, got val={val_fraction}, test={test_fraction}.")
+    # A private generator: the split must not depend on (or disturb) the global training RNG.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    n_train = n - n_val - n_test
+    parts = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
+    return tuple(p.sort().values for p in parts)  # type: ignore[return-value]
+
+
+def _from_single(name: str, x: Tensor, y: Tensor | None, levels: int | None, split_seed: int,
+                 val_fraction: float, test_fraction: float) -> Dataset:
+    idx = _fixed_split(len(x), val_fraction, test_fraction, split_seed)
+    xs = [x[i] for i in idx]
+    ys = [None if y is None else y[i] for i in idx]
+    return Dataset(name, *xs, *ys, levels=levels, event_shape=tuple(x.shape[1:]))
+
+
+# --------------------------------------------------------------------------- MNIST family
+
+
+def _idx_names(train: bool) -> tuple[str, str]:
+    prefix = "train" if train else "t10k"
+    return f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+
+
+def _search_dirs(root: Path, name: str) -> list[Path]:
+    cls = _TORCHVISION_CLASSES["mnist" if name == "mnist10k" else name]
+    dirs = [root, root / cls / "raw", root / name, root / cls.lower()]
+    return list(dict.fromkeys(dirs))
+
+
+def _read_idx(path: Path, reader: Any) -> Tensor:
+    from torchvision.datasets.utils import extract_archive
+
+    if path.suffix != ".gz":
+        return reader(str(path))
+    # torchvision's reader only takes uncompressed files; a throwaway directory avoids
+    # writing into (possibly read-only, shared) data folders and any stale-cache risk.
+    with tempfile.TemporaryDirectory(prefix="pyro_vae_idx_") as tmp:
+        return reader(extract_archive(str(path), tmp))
+
+
+def _load_local(root: Path, name: str, train: bool) -> tuple[Tensor, Tensor] | None:
+    import torchvision.datasets as tvd
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    cls = getattr(tvd, _TORCHVISION_CLASSES["mnist" if name == "mnist10k" else name])
+    try:
+        ds = cls(str(root), train=train, download=False)
+        return ds.data, ds.targets
+    except (RuntimeError, OSError):
+        pass  # e.g. only the test files exist: torchvision insists on all four.
+    images, labels = _idx_names(train)
+    for d in _search_dirs(root, name):
+        found = [next((p for p in (d / f, d / f"{f}.gz") if p.is_file()), None) for f in (images, labels)]
+        if found[0] is not None and found[1] is not None:
+            return _read_idx(found[0], read_image_file), _read_idx(found[1], read_label_file)
+    return None
+
+
+def _load_mnist_split(name: str, roots: list[Path], download_root: Path, train: bool,
+                      download: bool) -> tuple[Tensor, Tensor]:
+    # Local files first, so an offline machine never waits on a doomed download.
+    for root in roots:
+        found = _load_local(root, name, train)
+        if found is not None:
+            return found
+    status = "Download not attempted (download=False)."
+    if download:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, _TORCHVISION_CLASSES["mnist" if name == "mnist10k" else name])
+        try:
+            ds = cls(str(download_root), train=train, download=True)
+            return ds.data, ds.targets
+        except Exception as e:  # noqa: BLE001 - any failure becomes the actionable error below
+            detail = " ".join(str(e).split()) or type(e).__name__
+            status = f"Download into {download_root} failed: {detail[:300]}"
+    files = " and ".join(f"{f}[.gz]" for f in _idx_names(train))
+    searched = "\n".join(f"  {d}" for r in roots for d in _search_dirs(r, name))
+    raise FileNotFoundError(
+        f"Dataset {name!r}: could not find the {'train' if train else 'test'} split files {files}. "
+        f"Searched:\n{searched}\n{status}\nFixes: run once with internet access and download=True to fetch "
+        f"them into {download_root}, or pass root=... (CLI: --data-root) pointing at a folder holding these "
+        f"files (gzip or uncompressed, flat or in <ClassName>/raw/), or set PYRO_VAE_DATA."
+    )
+
+
+def _mnist10k_roots() -> list[Path]:
+    roots = [Path(os.environ["PYRO_VAE_DATA"]).expanduser()] if os.environ.get("PYRO_VAE_DATA") else []
+    repo = Path(__file__).resolve().parent.parent
+    roots += [Path.cwd() / ".." / "shared" / "data" / "mnist", repo / ".." / "shared" / "data" / "mnist"]
+    roots.append(Path.home() / ".cache" / "pyro_vae" / "data")
+    return list(dict.fromkeys(r.resolve() for r in roots))
+
+
+def _load_mnist_family(name: str, root: str | None, download: bool, val_fraction: float) -> Dataset:
+    explicit = Path(root).expanduser() if root is not None else None
+    download_root = explicit or default_data_root()
+    as_float = lambda t: t.to(torch.float32).unsqueeze(1)  # noqa: E731 - (N,28,28) uint8 -> (N,1,28,28)
+    if name == "mnist10k":
+        x, y = _load_mnist_split(name, [explicit] if explicit else _mnist10k_roots(), download_root, False, download)
+        if len(x) != _MNIST10K_SIZE:
+            raise ValueError(f"mnist10k expects the {_MNIST10K_SIZE}-image MNIST test set, got {len(x)} images.")
+        x, cut = as_float(x), _MNIST10K_TRAIN
+        x_test, y_test = x[cut:], y[cut:]
+        return Dataset(name, x[:cut], x_test, x_test, y[:cut], y_test, y_test,
+                       levels=256, event_shape=(1, 28, 28), val_is_test=True)
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
+    roots = [download_root]
+    x, y = _load_mnist_split(name, roots, download_root, True, download)
+    x_test, y_test = _load_mnist_split(name, roots, download_root, False, download)
+    cut = len(x) - round(len(x) * val_fraction)
+    x = as_float(x)
+    return Dataset(name, x[:cut], x[cut:], as_float(x_test), y[:cut], y[cut:], y_test,
+                   levels=256, event_shape=tuple(x.shape[1:]))
+
+
+# --------------------------------------------------------------------------- user files
+
+
+def _to_tensor(a: Any, what: str) -> tuple[Tensor, int | None]:
+    """Float32 values and the levels implied by the stored dtype."""
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{what}: unsupported dtype {a.dtype} (need bool, integer or float numbers).")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    elif isinstance(a, Tensor):
+        if a.is_complex():
+            raise ValueError(f"{what}: unsupported dtype {a.dtype}.")
+        t = a.detach().cpu()
+    else:
+        raise ValueError(f"{what}: expected an array/tensor, got {type(a).__name__}.")
+    if t.dim() < 2:
+        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(t.shape)}.")
+    levels: int | None = None
+    if t.dtype == torch.bool:
+        levels = 2
+    elif t.dtype == torch.uint8:
+        levels = 256
+    elif not t.is_floating_point():
+        if t.numel() and t.min() < 0:
+            raise ValueError(f"{what}: integer data are read as levels and must be >= 0 (min {t.min().item()}); "
+                             "store continuous data as float.")
+        levels = max(2, int(t.max()) + 1) if t.numel() else 2
+    x = t.to(torch.float32)
+    _check_values(x, what)
+    return x, levels
+
+
+def _to_labels(a: Any, n: int, what: str) -> Tensor:
+    t = torch.from_numpy(np.asarray(a)) if not isinstance(a, Tensor) else a.detach().cpu()
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.shape != (n,):
+        raise ValueError(f"{what}: need integer labels of shape ({n},), got {t.dtype} of shape {tuple(t.shape)}.")
+    return t.to(torch.int64)
+
+
+def _load_file(path: Path, split_seed: int, val_fraction: float, test_fraction: float) -> Dataset:
+    name = str(path)
+    if path.suffix == ".npy":
+        try:
+            content: Any = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
+    elif path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                content = {k: z[k] for k in z.files}
+        except ValueError as e:
+            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
+    else:
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"{name}: a .pt file must hold a tensor or a dict of tensors "
+                             f"(loaded with weights_only=True): {str(e).splitlines()[0]}") from e
+    if not isinstance(content, dict):
+        x, levels = _to_tensor(content, name)
+        return _from_single(name, x, None, levels, split_seed, val_fraction, test_fraction)
+
+    split_keys = {*SPLITS, *(f"{s}_labels" for s in SPLITS)}
+    single_keys = {"x", "arr_0", "y"}
+    keys = set(content)
+    layout = "splits" if "train" in keys else "single" if keys & {"x", "arr_0"} else None
+    allowed = split_keys if layout == "splits" else single_keys
+    if layout is None or keys - allowed or (layout == "single" and {"x", "arr_0"} <= keys) or (
+        layout == "splits" and not {"val", "test"} <= keys
+    ):
+        raise ValueError(
+            f"{name}: keys {sorted(keys)} match no layout. Use either 'train', 'val', 'test' "
+            f"(+ optional 'train_labels', 'val_labels', 'test_labels'), or one array 'x' (or 'arr_0') "
+            f"with optional labels 'y'."
+        )
+    if layout == "single":
+        x, levels = _to_tensor(content.get("x", content.get("arr_0")), f"{name}[x]")
+        y = _to_labels(content["y"], len(x), f"{name}[y]") if "y" in content else None
+        return _from_single(name, x, y, levels, split_seed, val_fraction, test_fraction)
+    parts = {s: _to_tensor(content[s], f"{name}[{s}]") for s in SPLITS}
+    lvls = [lv for _, lv in parts.values()]
+    if len({lv is None for lv in lvls}) > 1:
+        raise ValueError(f"{name}: splits mix float and integer dtypes; store all splits with one dtype.")
+    levels = None if lvls[0] is None else max(lvls)  # type: ignore[type-var]
+    xs = [parts[s][0] for s in SPLITS]
+    ys = [_to_labels(content[f"{s}_labels"], len(parts[s][0]), f"{name}[{s}_labels]")
+          if f"{s}_labels" in content else None for s in SPLITS]
+    return Dataset(name, *xs, *ys, levels=levels, event_shape=tuple(xs[0].shape[1:]))
+
+
+def load_dataset(name: str, root: str | None = None, download: bool = True, split_seed: int = 0,
+                 val_fraction: float = 0.1, test_fraction: float = 0.1) -> Dataset:
+    """Load a registered dataset or a user file into fixed train/val/test splits.
+
+    Args:
+        name: One of :data:`DATASETS`, or a path ending in ``.npy``, ``.npz`` or ``.pt``.
+            ``.npy``/``.pt``: one array ``(N, ...)``. ``.npz`` (or a ``.pt`` dict): keys
+            ``train``/``val``/``test`` (+ optional ``train_labels``...), or one array
+            ``x`` (or ``arr_0``) with optional labels ``y``. Integer dtypes are read
+            as levels (uint8: 256 levels, else max + 1); floats as continuous data.
+        root: Data folder for the MNIST family (default ``$PYRO_VAE_DATA`` or
+            ``~/.cache/pyro_vae/data``; ``mnist10k`` also tries ``../shared/data/mnist``
+            relative to the working directory and to the repository).
+        download: Let torchvision download missing MNIST-family files.
+        split_seed: Seed of the fixed permutation split (digits and single-array
+            files; the MNIST family uses the official/protocol splits).
+        val_fraction: Validation fraction (permutation splits; for mnist,
+            fashion_mnist and kmnist, the tail of the official training set).
+        test_fraction: Test fraction of permutation splits (80/10/10 by default).
+
+    Raises:
+        ValueError: Unknown name, bad file contents or fractions.
+        FileNotFoundError: MNIST-family files neither found locally nor downloadable.
+    """
+    if name.endswith(FILE_EXTENSIONS):
+        path = Path(name).expanduser()
+        if not path.is_file() and root is not None and (Path(root).expanduser() / name).is_file():
+            path = Path(root).expanduser() / name
+        if not path.is_file():
+            raise FileNotFoundError(f"Dataset file {name!r} not found.")
+        return _load_file(path, split_seed, val_fraction, test_fraction)
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = torch.as_tensor(d.images, dtype=torch.float32)
+        y = torch.as_tensor(d.target, dtype=torch.int64)
+        return _from_single(name, x, y, 17, split_seed, val_fraction, test_fraction)
+    if name in DATASETS:
+        return _load_mnist_family(name, root, download, val_fraction)
+    raise ValueError(f"Unknown dataset {name!r}. Choose one of {DATASETS}, "
+                     f"or a file path ending in {', '.join(FILE_EXTENSIONS)}.")
+
+
+# --------------------------------------------------------------------------- transform
+
+_PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64 without overflow.
+
+
+class DataTransform:
+    """Turns raw values into what the model sees, one minibatch at a time.
+
+    Quantized raw levels are scaled to grey values ``unit = level / (levels - 1)``.
+    Then, depending on the options:
+
+    * ``binarize="dynamic"``: Bernoulli(unit), redrawn on every training call from the
+      global torch RNG (so a resumed run replays exactly); at evaluation
+      (``train=False``) a fixed draw.
+    * ``binarize="static"``: one fixed draw, identical on every call.
+    * ``binarize="threshold"``: ``unit > 0.5``.
+    * ``dequantize=True``: ``(level + u) / levels`` with ``u ~ U[0, 1)``, fresh in
+      training and fixed at evaluation; a density on these values converts to a
+      probability of the levels (Theis et al., 2016), see :attr:`density_levels`.
+    * ``as_levels=True``: the integer levels as floats (categorical/Poisson models).
+
+    Fixed draws are a pure function of (datapoint values, pixel position, ``seed``):
+    each datapoint gets the same noise whether it arrives in the full split or in
+    any minibatch, on any device. The noise is ``(key * a_j + b_j) mod p`` with
+    ``key`` a universal hash of the datapoint and ``a_j, b_j`` drawn from ``seed``,
+    so values are uniform and pairwise independent across datapoints and
+    independent across pixels. Identical datapoints get identical draws.
+
+    Args:
+        levels: Number of levels of the raw data, ``None`` for continuous data.
+        binarize: One of :data:`BINARIZE_MODES`.
+        dequantize: Uniform dequantization (quantized data, no binarization).
+        as_levels: Return the raw integer levels.
+        seed: Seed of the fixed draws.
+    """
+
+    def __init__(self, levels: int | None, binarize: str = "none", dequantize: bool = False,
+                 as_levels: bool = False, seed: int = 0) -> None:
+        if binarize not in BINARIZE_MODES:
+            raise ValueError(f"binarize={binarize!r} is not one of {BINARIZE_MODES}.")
+        if levels is not None and levels < 2:
+            raise ValueError(f"levels must be >= 2 or None, got {levels}.")
+        if dequantize and levels is None:
+            raise ValueError("dequantize=True needs quantized data (levels); continuous data need no dequantization.")
+        if dequantize and binarize != "none":
+            raise ValueError(f"dequantize=True and binarize={binarize!r} conflict: binary data are discrete; "
+                             "choose one (binarize='none' for a density model).")
+        if as_levels and (levels is None or binarize != "none" or dequantize):
+            raise ValueError("as_levels=True needs quantized data (levels) and no binarize/dequantize; "
+                             "drop those options or as_levels.")
+        self.levels, self.binarize, self.dequantize, self.as_levels, self.seed = (
+            levels, binarize, dequantize, as_levels, seed)
+        self._hash_params: dict[tuple[int, int, str], Tensor] = {}
+
+    @property
+    def density_levels(self) -> int | None:
+        """``levels`` for bits-per-dim conversion when the output is a dequantized density on [0, 1), else None."""
+        return self.levels if self.dequantize else None
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether outputs are in {0, 1} (Bernoulli likelihoods)."""
+        return self.binarize != "none"
+
+    def describe(self) -> str:
+        """One-line description for logs and reports."""
+        src = "continuous values" if self.levels is None else f"{self.levels} levels"
+        what = {
+            "dynamic": f"dynamic Bernoulli binarization (fresh draw per training call, fixed draw seed={self.seed} at eval)",
+            "static": f"static Bernoulli binarization (fixed draw, seed={self.seed})",
+            "threshold": "binarized by threshold unit > 0.5",
+        }.get(self.binarize, "")
+        if not what:
+            what = ("integer levels" if self.as_levels else
+                    f"uniformly dequantized (level+u)/{self.levels} (fixed noise seed={self.seed} at eval)"
+                    if self.dequantize else "raw values" if self.levels is None else f"level/{self.levels - 1} in [0, 1]")
+        return f"{src} -> {what}"
+
+    def _uniform(self, x: Tensor, salt: int) -> Tensor:
+        """Fixed U[0,1) noise (float64) shaped like ``x``; see the class docstring."""
+        flat = x.detach().reshape(x.shape[0], -1).to(torch.float32).contiguous()
+        key_ = (flat.shape[1], salt, str(x.device))
+        if key_ not in self._hash_params:
+            g = torch.Generator().manual_seed((self.seed * 7919 + salt) % 2**63)
+            self._hash_params[key_] = torch.randint(1, _PRIME, (3, flat.shape[1]), generator=g).to(x.device)
+        w, a, b = self._hash_params[key_]
+        bits = flat.view(torch.int32).to(torch.int64).remainder(_PRIME)
+        key = (bits * w).remainder(_PRIME).sum(1).remainder(_PRIME)
+        return ((key[:, None] * a + b).remainder(_PRIME).double() / _PRIME).reshape(x.shape)
+
+    def __call__(self, x_raw: Tensor, train: bool = True) -> Tensor:
+        """Transform a minibatch of raw values ``(B, *event_shape)``.
+
+        Args:
+            x_raw: Raw values as stored in :class:`Dataset`.
+            train: Training call (fresh noise) or evaluation call (fixed noise).
+        """
+        if self.levels is None:
+            unit = x_raw.float()
+            if self.binarize != "none" and ((unit < 0) | (unit > 1)).any():
+                raise ValueError(f"binarize={self.binarize!r} on continuous data needs values in [0, 1], "
+                                 f"got range {unit.min().item()}..{unit.max().item()}.")
+        else:
+            level = x_raw.float().round()
+            if self.as_levels:
+                return level
+            unit = level / (self.levels - 1)
+        if self.binarize == "threshold":
+            return (unit > 0.5).float()
+        if self.binarize == "dynamic" and train:
+            return torch.bernoulli(unit)
+        if self.binarize in ("dynamic", "static"):
+            # Distinct salts so the static draw is not the same as dynamic's eval draw.
+            return (self._uniform(x_raw, salt=1 if self.binarize == "static" else 2) < unit.double()).float()
+        if not self.dequantize:
+            return unit
+        levels = self.levels
+        assert levels is not None
+        u = torch.rand(level.shape, dtype=torch.float64, device=level.device) if train else self._uniform(x_raw, 3)
+        y = ((level.double() + u) / levels).float()
+        # float32 rounding can push a value across its bin edge; one ulp back restores
+        # floor(y * levels) == level exactly, which the density-to-mass argument needs.
+        y = torch.where(torch.floor(y.double() * levels) < level, torch.nextafter(y, torch.full_like(y, 2.0)), y)
+        return torch.where(torch.floor(y.double() * levels) > level, torch.nextafter(y, torch.full_like(y, -1.0)), y)
+
+
+# --------------------------------------------------------------------------- minibatches
+
+
+def minibatch_indices(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                      shuffle: bool = True, drop_last: bool = False) -> list[Tensor]:
+    """Index batches of this rank for one epoch; a pure function of the arguments.
+
+    ``DistributedSampler`` supplies the order so one process and DDP share one code
+    path. With ``world_size > 1`` and ``drop_last=False`` it pads by repeating a few
+    indices so every rank gets the same count; ``drop_last=True`` instead drops the
+    tail so shards are disjoint, and also drops an incomplete last batch.
+    """
+    from torch.utils.data import DistributedSampler
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle,
+                                 seed=seed, drop_last=drop_last)
+    sampler.set_epoch(epoch)
+    order = torch.tensor(list(sampler), dtype=torch.int64)
+    batches = list(order.split(batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def iterate_minibatches(x: Tensor, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
+                        shuffle: bool = True, drop_last: bool = False,
+                        labels: Tensor | None = None) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
+    """Yield minibatches of an in-memory tensor by index slicing (no per-item collation).
+
+    The order is a pure function of ``(seed, epoch, rank, world_size)``, so a run
+    resumed at an epoch boundary sees exactly the batches it would have seen.
+
+    Yields:
+        ``x[idx]``, or ``(x[idx], labels[idx])`` when ``labels`` is given.
+    """
+    if labels is not None and len(labels) != len(x):
+        raise ValueError(f"labels has {len(labels)} entries but x has {len(x)}.")
+    for idx in minibatch_indices(len(x), batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
+                                 shuffle=shuffle, drop_last=drop_last):
+        idx = idx.to(x.device)
+        yield x[idx] if labels is None else (x[idx], labels[idx.to(labels.device)])

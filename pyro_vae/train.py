@@ -1,0 +1,303 @@
+"""Training: config -> data -> VAE -> SVI on Lightning Fabric -> run directory.
+
+One code path runs on one CPU (the default) or with DDP on several devices or nodes:
+the loss is computed inside ``VAE.forward`` so Fabric's DDP wrapper all-reduces the
+gradients, each rank draws its own shard of every epoch, and only rank 0 writes.
+
+The run directory holds ``config.yaml``, ``checkpoint.pt`` (latest, for ``--resume``),
+``best.pt`` (best validation ELBO), ``metrics.csv``/``metrics.json`` and pictures.
+
+Example:
+    >>> result = fit({"train": {"epochs": 1}}, run_dir=None, progress=False)  # doctest: +SKIP
+    >>> result.history[-1]["val_elbo"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from . import config as config_lib
+from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from .config import Config, ConfigError
+from .data import DataTransform, Dataset, iterate_minibatches, load_dataset
+from .importance import IWAE
+from .vae import VAE
+
+__all__ = ["FitResult", "fit", "build_vae", "build_transform", "build_objective", "load_run", "epoch_metrics"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model, its data pipeline and history."""
+
+    vae: VAE
+    config: Config
+    dataset: Dataset
+    transform: DataTransform
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+    ddp: dict | None = None
+
+
+def _as_config(cfg: Config | dict | str | Path | None) -> Config:
+    if cfg is None:
+        return config_lib.from_dict({})
+    if isinstance(cfg, Config):
+        return config_lib.from_dict(asdict(cfg))  # re-validate
+    if isinstance(cfg, dict):
+        return config_lib.from_dict(cfg)
+    return config_lib.load(cfg)
+
+
+def build_vae(cfg: Config, dataset: Dataset) -> VAE:
+    """The VAE a config describes, shaped for ``dataset``."""
+    m = cfg.model
+    return VAE(
+        event_shape=dataset.event_shape, latent_dim=m.latent_dim, prior=m.prior, likelihood=m.likelihood,
+        net=m.net.kind, hidden=m.net.hidden, activation=m.net.activation, levels=dataset.levels,
+        prior_kwargs=m.prior_kwargs, likelihood_kwargs=m.likelihood_kwargs,
+    )
+
+
+def build_transform(cfg: Config, dataset: Dataset, vae: VAE) -> DataTransform:
+    """What the likelihood sees: levels, binary values, dequantized or grey values."""
+    if vae.likelihood.wants_levels:
+        if dataset.levels is None:
+            raise ConfigError(
+                f"likelihood {cfg.model.likelihood!r} models integer levels but dataset {cfg.data.name!r} is continuous; "
+                "use a continuous likelihood such as 'gaussian'."
+            )
+        if cfg.data.binarize != "none" or cfg.data.dequantize == "true":
+            raise ConfigError(f"likelihood {cfg.model.likelihood!r} models the raw levels; set data.binarize: none and data.dequantize: auto.")
+        return DataTransform(dataset.levels, as_levels=True, seed=cfg.data.split_seed)
+    discrete = bool(getattr(vae.likelihood.support, "is_discrete", False))
+    if cfg.data.dequantize == "true":
+        dequantize = True
+    elif cfg.data.dequantize == "false":
+        dequantize = False
+    else:  # auto: a density on quantized data is only a valid likelihood after dequantization
+        dequantize = dataset.levels is not None and not discrete and cfg.data.binarize == "none"
+    return DataTransform(dataset.levels, binarize=cfg.data.binarize, dequantize=dequantize, seed=cfg.data.split_seed)
+
+
+def build_objective(train: config_lib.TrainConfig):
+    """The Pyro loss named by ``train.objective``."""
+    k = train.num_particles
+    if train.objective == "iwae":
+        return IWAE(num_particles=k)
+    cls = Trace_ELBO if train.objective == "elbo" else TraceMeanField_ELBO
+    return cls(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
+
+
+def _make_fabric(train: config_lib.TrainConfig):
+    from lightning_fabric import Fabric
+
+    strategy = train.strategy
+    if strategy == "auto" and train.devices * train.num_nodes > 1:
+        strategy = "ddp"
+    return Fabric(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes, strategy=strategy)
+
+
+@torch.no_grad()
+def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform, fabric=None, batch_size: int = 512) -> dict[str, float]:
+    """Per-datapoint ELBO, reconstruction and KL (nats), means over ``x_raw``.
+
+    Under DDP each rank scores its own shard and the sums are all-reduced.
+    """
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
+    shard = x_raw[rank::world]
+    totals = torch.zeros(3, dtype=torch.float64, device=x_raw.device)
+    for start in range(0, len(shard), batch_size):
+        x = transform(shard[start : start + batch_size], train=False)
+        recon, kl, _ = vae.elbo_terms(x)
+        totals += torch.stack([recon.sum(), kl.sum(), torch.tensor(float(len(x)), device=recon.device)]).double()
+    if fabric is not None and world > 1:
+        totals = fabric.all_reduce(totals, reduce_op="sum")
+    recon, kl, n = totals.tolist()
+    return {"elbo": (recon - kl) / n, "reconstruction": recon / n, "kl": kl / n}
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(history, indent=2))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, train: config_lib.TrainConfig, steps_per_epoch: int):
+    if train.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train.epochs * steps_per_epoch))
+    if train.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step_epochs * steps_per_epoch, gamma=0.5)
+    return None
+
+
+def fit(
+    config: Config | dict | str | Path | None = None,
+    *,
+    run_dir: str | Path | None = "from-config",
+    resume: str | Path | None = None,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> FitResult:
+    """Train a VAE with SVI.
+
+    Args:
+        config: A :class:`~pyro_vae.config.Config`, a mapping, a YAML path, or ``None``
+            for the embedded default (digits).
+        run_dir: Where to write; ``"from-config"`` uses ``config.out``; ``None`` writes nothing.
+        resume: A run directory (or checkpoint) to continue. Its own config is used,
+            except that ``config.train.epochs``, when given, may extend the run.
+        progress: Show a tqdm bar with the running loss.
+        dataset: Use this dataset instead of loading ``config.data``.
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    state = None
+    if resume is not None:
+        state = load_checkpoint(resume, require=("config", "model", "optimizer", "epoch", "rng", "history"))
+        cfg = config_lib.from_dict(state["config"])
+        if config is not None:
+            cfg.train.epochs = _as_config(config).train.epochs
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    else:
+        cfg = _as_config(config)
+        run_dir = Path(cfg.out) if run_dir == "from-config" else (Path(run_dir) if run_dir else None)
+    tc = cfg.train
+
+    fabric = _make_fabric(tc)
+    fabric.launch()
+    pyro.set_rng_seed(tc.seed)
+    dataset = dataset or load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
+                                      split_seed=cfg.data.split_seed, val_fraction=cfg.data.val_fraction,
+                                      test_fraction=cfg.data.test_fraction)
+    with pyro.settings.context(module_local_params=True):
+        vae = build_vae(cfg, dataset)
+    transform = build_transform(cfg, dataset, vae)
+    vae.check_data(transform(dataset.train[:2000], train=False))
+    vae.num_data = len(dataset.train)
+
+    optimizer = torch.optim.Adam(vae.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    per_rank = math.ceil(len(dataset.train) / fabric.world_size)
+    steps_per_epoch = math.ceil(per_rank / tc.batch_size)
+    scheduler = _scheduler(optimizer, tc, steps_per_epoch)
+    module, optimizer = fabric.setup(vae, optimizer)
+    objective = build_objective(tc)
+
+    history: list[dict] = []
+    start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0
+    if state is not None:
+        vae.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        history, best, bad_epochs = list(state["history"]), state["best_val_elbo"], state["bad_epochs"]
+        restore_rng(state["rng"])
+    if run_dir is not None and fabric.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.dump(cfg, run_dir / "config.yaml")
+
+    train_x = dataset.train.to(fabric.device)
+    metric_x = train_x[: tc.metrics_max_points]
+    val_x = dataset.val.to(fabric.device)
+    warmup_steps = tc.warmup_epochs * steps_per_epoch
+    seen = 0
+    bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
+               desc="train", unit="step")
+    with pyro.settings.context(module_local_params=True):
+        for epoch in range(start_epoch, tc.epochs):
+            tic, loss_sum, batches = time.perf_counter(), 0.0, 0
+            vae.train()
+            for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
+                                             rank=fabric.global_rank, world_size=fabric.world_size):
+                vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
+                loss = module(transform(x_raw, train=True), objective)
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                if tc.grad_clip:
+                    fabric.clip_gradients(module, optimizer, max_norm=tc.grad_clip)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
+                loss_sum += loss.item() / vae.num_data
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / batches:.3f}")
+            vae.eval()
+            train_m = epoch_metrics(vae, metric_x, transform, fabric)
+            val_m = epoch_metrics(vae, val_x, transform, fabric) if len(val_x) else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
+            row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": vae.beta,
+                   "train_loss": loss_sum / max(batches, 1),
+                   **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
+                   "seconds": time.perf_counter() - tic}
+            history.append(row)
+            improved = val_m["elbo"] > best
+            best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
+            stop = tc.patience is not None and bad_epochs >= tc.patience
+            if run_dir is not None:
+                ckpt = {"config": asdict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
+                        "global_step": global_step, "rng": capture_rng(), "history": history,
+                        "best_val_elbo": best, "bad_epochs": bad_epochs}
+                if fabric.is_global_zero:
+                    save_checkpoint(run_dir / "checkpoint.pt", ckpt)
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", ckpt)
+                    _write_metrics(run_dir, history)
+                fabric.barrier()
+            if stop:
+                break
+    bar.close()
+
+    ddp = None
+    if fabric.world_size > 1:
+        flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
+        gathered = fabric.all_gather(flat)
+        seen_all = fabric.all_reduce(torch.tensor(float(seen), device=fabric.device), reduce_op="sum")
+        ddp = {"world_size": fabric.world_size, "max_param_diff": (gathered - gathered[0]).abs().max().item(),
+               "examples_seen": int(seen_all.item())}
+        if run_dir is not None and fabric.is_global_zero:
+            (run_dir / "ddp.json").write_text(json.dumps(ddp, indent=2))
+    result = FitResult(vae=vae, config=cfg, dataset=dataset, transform=transform, history=history, run_dir=run_dir, ddp=ddp)
+    if run_dir is not None and fabric.is_global_zero and history:
+        from .plots import save_run_pictures
+
+        save_run_pictures(result)
+    return result
+
+
+def load_run(path: str | Path, which: str = "best") -> tuple[VAE, Config, Dataset, DataTransform]:
+    """Rebuild a trained model and its data pipeline from a run directory or checkpoint file.
+
+    Args:
+        path: A run directory or a ``.pt`` checkpoint.
+        which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        best = path / "best.pt"
+        path = best if which == "best" and best.exists() else path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    cfg = config_lib.from_dict(state["config"])
+    dataset = load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download, split_seed=cfg.data.split_seed,
+                           val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+    with pyro.settings.context(module_local_params=True):
+        vae = build_vae(cfg, dataset)
+    vae.load_state_dict(state["model"])
+    vae.num_data = None
+    vae.eval()
+    return vae, cfg, dataset, build_transform(cfg, dataset, vae)
