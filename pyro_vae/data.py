@@ -235,11 +235,18 @@ def _load_mnist_split(name: str, roots: list[Path], download_root: Path, train: 
     if download:
         import torchvision.datasets as tvd
 
-        cls = getattr(tvd, _TORCHVISION_CLASSES["mnist" if name == "mnist10k" else name])
+        cls_name = _TORCHVISION_CLASSES["mnist" if name == "mnist10k" else name]
+        # torchvision creates <root>/<Class>/raw before downloading; a failed attempt
+        # should not leave empty folders behind (e.g. in a shared data directory).
+        made = [d for d in (download_root / cls_name / "raw", download_root / cls_name, download_root)
+                if not d.exists()]
         try:
-            ds = cls(str(download_root), train=train, download=True)
+            ds = getattr(tvd, cls_name)(str(download_root), train=train, download=True)
             return ds.data, ds.targets
         except Exception as e:  # noqa: BLE001 - any failure becomes the actionable error below
+            for d in made:
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
             detail = " ".join(str(e).split()) or type(e).__name__
             status = f"Download into {download_root} failed: {detail[:300]}"
     files = " and ".join(f"{f}[.gz]" for f in _idx_names(train))

@@ -34,6 +34,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.infer.elbo import ELBO
+from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 __all__ = ["WeightTerms", "weight_terms", "log_weights", "IWAE", "subsample_factor"]
@@ -74,8 +75,11 @@ def subsample_factor(site: dict) -> float:
     return factor
 
 
-def _per_datapoint(name: str, log_p: Tensor, k: int, n: int) -> Tensor:
-    if log_p.dim() == 0 or log_p.shape[-1] != n:
+def _per_datapoint(name: str, site: dict, log_p: Tensor, k: int, n: int) -> Tensor:
+    # The shape alone cannot tell a global latent from a per-point one when K == N (the
+    # particle dim would pass for the data dim), so also require a data-sized plate.
+    in_data_plate = any(f.name != PARTICLE_PLATE and f.size == n for f in site["cond_indep_stack"])
+    if not in_data_plate or log_p.dim() == 0 or log_p.shape[-1] != n:
         raise ValueError(
             f"Site {name!r} has log-prob shape {tuple(log_p.shape)}, which has no datapoint dimension of size {n}; "
             "per-datapoint weights need every sample site inside the data plate (global latents cannot be split per point)."
@@ -107,9 +111,10 @@ def weight_terms(
     data_scale = 1.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for name, site in trace.nodes.items():
-            if site["type"] != "sample":
+            # A plate records its subsample indices as a "sample" site; it has no density.
+            if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            log_p = _per_datapoint(name, site["fn"].log_prob(site["value"]), num_samples, n)
+            log_p = _per_datapoint(name, site, site["fn"].log_prob(site["value"]), num_samples, n)
             if site.get("mask") is not None and site["mask"] is not True:
                 log_p = log_p * site["mask"]
             factor = subsample_factor(site)
@@ -175,6 +180,10 @@ class IWAE(ELBO):
     def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         with torch.no_grad():
             return self.differentiable_loss(model, guide, *args, **kwargs).item()
+
+    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
+        # The particles are vectorized inside ``weight_terms``; there is no per-particle trace.
+        raise NotImplementedError("IWAE traces all particles at once; use differentiable_loss.")
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         loss = self.differentiable_loss(model, guide, *args, **kwargs)

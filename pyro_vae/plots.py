@@ -118,3 +118,74 @@ def save_run_pictures(result: "FitResult") -> None:
         training_curves(result.history, path=run_dir / "curves.png"),
     ):
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+if TYPE_CHECKING:
+    from .evaluate import Evaluation
+
+__all__ += ["bound_vs_k", "khat_histogram", "kl_per_dim"]
+
+
+def bound_vs_k(evaluation: "Evaluation", path: str | Path | None = None):
+    """The IWAE bounds ``L_k`` (mean ± SE over points) against ``k``, with the IS estimate.
+
+    ``k = 1`` is the ELBO; the bounds should rise with ``k`` towards ``log p(x)``.
+    """
+    ks = sorted(evaluation.iwae)
+    rows = evaluation.to_dict()["iwae"]
+    means = [row["mean"] for row in rows]
+    ses = [row["se"] for row in rows]
+    ll = evaluation.to_dict()["log_likelihood"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ks, means, yerr=ses, marker="o", capsize=3, label="$L_k$ (mean ± SE)")
+    ax.axhline(ll["mean"], color="C1", linestyle="--", label=f"IS log p(x), K={evaluation.num_samples}")
+    ax.axhspan(ll["mean"] - ll["se"], ll["mean"] + ll["se"], color="C1", alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlabel("k (importance samples per bound)")
+    ax.set_ylabel("nats / point")
+    ax.set_title(f"IWAE bound vs k (N={evaluation.num_points})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def khat_histogram(evaluation: "Evaluation", path: str | Path | None = None, threshold: float = 0.7):
+    """Histogram of per-point PSIS k̂; points right of ``threshold`` have unreliable estimates."""
+    khat = evaluation.khat.double()
+    finite = khat[torch.isfinite(khat)].numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if finite.size:
+        ax.hist(finite, bins=40, color="C0", alpha=0.8)
+    ax.axvline(0.5, color="C2", linestyle=":", label="0.5")
+    ax.axvline(threshold, color="C3", linestyle="--", label=f"{threshold} (unreliable above)")
+    ax.set_xlabel("Pareto $\\hat k$")
+    ax.set_ylabel("points")
+    frac = (khat > threshold).double().mean().item()
+    ax.set_title(f"PSIS $\\hat k$: {100 * frac:.1f}% of points > {threshold} (K={evaluation.num_samples})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def kl_per_dim(evaluation: "Evaluation", path: str | Path | None = None, collapse: float = 0.01):
+    """Mean KL per latent dimension (bars) and ``Var_x E_q[z_u]`` (dots, active-unit test)."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * (evaluation.unit_variance.numel() if evaluation.unit_variance is not None else 8) + 2), 3.5))
+    if evaluation.kl_per_dim is not None:
+        kl = evaluation.kl_per_dim.double().numpy()
+        colors = ["C0" if v >= collapse else "C7" for v in kl]
+        ax.bar(range(len(kl)), kl, color=colors, label="KL (nats)")
+        ax.axhline(collapse, color="C3", linestyle="--", linewidth=1, label=f"collapse < {collapse}")
+    if evaluation.unit_variance is not None:
+        var = evaluation.unit_variance.double().numpy()
+        ax.plot(range(len(var)), var, "o", color="C1", markersize=4, label="Var$_x$ E$_q$[$z_u$]")
+        ax.set_title(f"latent units: {evaluation.active_units}/{len(var)} active", fontsize=10)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set_xlabel("latent dimension")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -30,7 +30,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.nn import PyroModule
+from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from .likelihoods import Likelihood, check_support, resolve_likelihood
@@ -126,6 +126,7 @@ class VAE(PyroModule):
     def _kl_scale(self):
         return poutine.scale(scale=self.beta) if self.beta != 1.0 else contextlib.nullcontext()
 
+    @pyro_method
     def model(self, x: Tensor | None = None, num_samples: int | None = None) -> Tensor:
         """p(z) p(x|z). With ``x=None`` it generates ``num_samples`` points (default 1)."""
         if x is not None:
@@ -139,6 +140,7 @@ class VAE(PyroModule):
                 z = pyro.sample("z", prior)
             return pyro.sample("x", self.decode(z), obs=x)
 
+    @pyro_method
     def guide(self, x: Tensor, num_samples: int | None = None) -> Tensor:
         """q(z|x), amortized by the encoder."""
         self._check_shape(x)

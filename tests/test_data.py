@@ -175,7 +175,7 @@ def test_mnist10k_rejects_wrong_size(tmp_path):
         load_dataset("mnist10k", root=str(tmp_path), download=False)
 
 
-def test_missing_files_error_names_dataset_paths_and_fixes(tmp_path):
+def test_missing_files_error_names_dataset_paths_and_fixes(tmp_path, monkeypatch):
     empty = tmp_path / "nothing_here"
     with pytest.raises(FileNotFoundError) as e:
         load_dataset("mnist10k", root=str(empty), download=False)
@@ -183,6 +183,12 @@ def test_missing_files_error_names_dataset_paths_and_fixes(tmp_path):
     for needle in ("mnist10k", str(empty), str(empty / "MNIST" / "raw"), "t10k-images-idx3-ubyte",
                    "download=True", "--data-root", "root="):
         assert needle in msg, needle
+    # A failed download (no internet here, or a fake one) must not leave empty folders behind.
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive",
+                        lambda *a, **k: (_ for _ in ()).throw(RuntimeError("offline")))
+    with pytest.raises(FileNotFoundError, match="offline"):
+        load_dataset("mnist", root=str(empty), download=True)
+    assert not empty.exists()
     write_split(tmp_path / "only_test", "t10k", 5, gz=True)
     with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
         load_dataset("kmnist", root=str(tmp_path / "only_test"), download=False)

@@ -1,0 +1,212 @@
+"""The ``pyro-vae`` command line.
+
+Commands::
+
+    pyro-vae train [--config FILE] [--dataset NAME] [--prior NAME] [--likelihood NAME]
+                   [--latent-dim N] [--epochs N] [--batch-size N] [--seed N] [--out DIR]
+                   [--resume RUN_DIR] [--devices N] ...
+    pyro-vae evaluate RUN_DIR [--split test] [--samples K] [--k-list 1,10,100,1000]
+    pyro-vae compare RUN_DIR [--baselines ppca,fa,gmm,mob] [--components K]
+    pyro-vae sample RUN_DIR [--num N] [--out FILE]
+    pyro-vae list
+
+``pyro-vae train`` with no arguments trains the embedded default (scikit-learn's
+digits, offline) and prints the final validation ELBO.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+def _quiet_warnings() -> None:
+    # Third-party notices (arviz's refactor banner, Fabric's tips) drown the summary.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a VAE (default: digits, offline)")
+    t.add_argument("--config", help="YAML config file; flags below override it")
+    t.add_argument("--dataset", help="digits, mnist, fashion_mnist, kmnist, mnist10k, or a .npy/.npz/.pt path")
+    t.add_argument("--data-root", help="folder with (or for) torchvision dataset files")
+    t.add_argument("--binarize", help="none, dynamic, static or threshold")
+    t.add_argument("--prior", help="prior name (see `pyro-vae list`)")
+    t.add_argument("--likelihood", help="likelihood name (see `pyro-vae list`)")
+    t.add_argument("--latent-dim", type=int)
+    t.add_argument("--net", help="mlp or conv")
+    t.add_argument("--hidden", help="comma-separated hidden sizes, e.g. 200,200")
+    t.add_argument("--objective", help="elbo, meanfield or iwae")
+    t.add_argument("--particles", type=int, help="particles per datapoint (K for iwae)")
+    t.add_argument("--beta", type=float)
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--out", help="run directory (default runs/default)")
+    t.add_argument("--resume", help="continue the run in this directory")
+    t.add_argument("--devices", type=int, help="devices (processes) for DDP")
+    t.add_argument("--accelerator", help="cpu, gpu, auto")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, bounds and diagnostics")
+    e.add_argument("run_dir")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("--samples", type=int, default=1000, help="importance samples K per datapoint")
+    e.add_argument("--k-list", default="1,10,100,1000", help="IWAE bounds to report")
+
+    c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units")
+    c.add_argument("run_dir")
+    c.add_argument("--baselines", default="ppca,fa,gmm,mob")
+    c.add_argument("--components", type=int, default=None)
+    c.add_argument("--samples", type=int, default=1000)
+
+    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG")
+    s.add_argument("run_dir")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
+    s.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("list", help="registered priors, likelihoods and datasets")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from . import config as config_lib
+
+    raw = asdict(config_lib.load(args.config)) if args.config else {}
+    raw.setdefault("data", {})
+    raw.setdefault("model", {})
+    raw.setdefault("train", {})
+    raw["model"].setdefault("net", {})
+    overrides = {
+        ("data", "name"): args.dataset, ("data", "root"): args.data_root, ("data", "binarize"): args.binarize,
+        ("model", "prior"): args.prior, ("model", "likelihood"): args.likelihood, ("model", "latent_dim"): args.latent_dim,
+        ("train", "objective"): args.objective, ("train", "num_particles"): args.particles, ("train", "beta"): args.beta,
+        ("train", "epochs"): args.epochs, ("train", "batch_size"): args.batch_size, ("train", "lr"): args.lr,
+        ("train", "seed"): args.seed, ("train", "devices"): args.devices, ("train", "accelerator"): args.accelerator,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            if key in ("prior", "likelihood") and raw["model"].get(key) != value:
+                raw["model"][f"{key}_kwargs"] = {}  # settings of the replaced strategy no longer apply
+            raw[section][key] = value
+    if args.net:
+        raw["model"]["net"]["kind"] = args.net
+    if args.hidden:
+        raw["model"]["net"]["hidden"] = [int(h) for h in args.hidden.split(",")]
+    if args.out:
+        raw["out"] = args.out
+    return config_lib.from_dict(raw)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    if args.resume:
+        cfg = _train_config(args) if args.epochs else None
+        result = fit(cfg, resume=args.resume, progress=not args.no_progress)
+    else:
+        result = fit(_train_config(args), progress=not args.no_progress)
+    import lightning_fabric.utilities.rank_zero as rz
+
+    if rz.rank_zero_only.rank == 0:
+        last = result.history[-1] if result.history else None
+        if last is None:
+            print(f"Nothing to do: the run in {result.run_dir} already finished {result.config.train.epochs} epochs.")
+        else:
+            print(
+                f"epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats/point "
+                f"(reconstruction {last['val_reconstruction']:.3f}, KL {last['val_kl']:.3f}); "
+                f"train ELBO {last['train_elbo']:.3f}"
+            )
+            if result.ddp:
+                print(f"DDP: {result.ddp['world_size']} ranks, max parameter difference {result.ddp['max_param_diff']:.3g}")
+            print(f"run directory: {result.run_dir}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+
+    k_list = tuple(int(k) for k in args.k_list.split(",") if k)
+    evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list)
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import compare_run
+
+    compare_run(args.run_dir, baselines=[b for b in args.baselines.split(",") if b], components=args.components,
+                num_samples=args.samples)
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import matplotlib.pyplot as plt
+
+    from .plots import sample_grid
+    from .train import load_run
+
+    vae, _, _, _ = load_run(args.run_dir)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
+    plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed))
+    print(f"wrote {args.num} samples (means and draws) to {out}")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import inspect
+
+    from .data import DATASETS, FILE_EXTENSIONS
+    from .likelihoods import LIKELIHOODS
+    from .priors import PRIORS
+
+    def settings(fn) -> str:
+        params = [f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values()]
+        return f"({', '.join(params)})" if params else ""
+
+    def first_line(fn) -> str:
+        return (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else ""
+
+    print("priors:")
+    for name, fn in PRIORS.items():
+        print(f"  {name + settings(fn):<48} {first_line(fn)}")
+    print("likelihoods:")
+    for name, fn in LIKELIHOODS.items():
+        print(f"  {name + settings(fn):<48} {first_line(fn)}")
+    print("datasets:")
+    for name in DATASETS:
+        print(f"  {name}")
+    print(f"  <path ending in {', '.join(FILE_EXTENSIONS)}>")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``pyro-vae`` console script."""
+    _quiet_warnings()
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
+    try:
+        return commands[args.command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
