@@ -94,11 +94,13 @@ def weight_terms(
     """Trace ``guide`` then ``model`` with ``num_samples`` vectorized draws per datapoint.
 
     Args:
-        model, guide: Pyro callables; every sample site must lie in the data plate.
-        *args, **kwargs: Passed to both (e.g. the data batch ``x``).
+        model: A Pyro callable; every sample site must lie in the data plate.
+        guide: A Pyro callable; every sample site must lie in the data plate.
+        *args: Passed to both (e.g. the data batch ``x``).
         num_samples: Draws per datapoint ``K``.
         num_points: Batch size ``N``; inferred from the first argument when omitted.
         max_plate_nesting: Plates in the model; the particle plate goes one further out.
+        **kwargs: Passed to both.
     """
     n = num_points if num_points is not None else args[0].shape[0]
     particles = pyro.plate(PARTICLE_PLATE, num_samples, dim=-(max_plate_nesting + 1))

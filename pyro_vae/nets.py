@@ -155,7 +155,7 @@ def make_encoder(kind: str, event_shape: Sequence[int], latent_dim: int, hidden:
                  activation: str = "relu", input_scale: float = 1.0) -> nn.Module:
     """Build the encoder named by ``kind`` (``"mlp"`` or ``"conv"``)."""
     if kind == "mlp":
-        return MLPEncoder(event_shape, latent_dim, hidden or (256,), activation, input_scale)
+        return MLPEncoder(event_shape, latent_dim, (256,) if hidden is None else hidden, activation, input_scale)
     if kind == "conv":
         return ConvEncoder(event_shape, latent_dim, hidden or (32, 64), activation, input_scale)
     raise ValueError(f"Unknown net {kind!r}; choose one of {NETS}.")
@@ -165,7 +165,7 @@ def make_decoder(kind: str, latent_dim: int, event_shape: Sequence[int], num_par
                  hidden: Sequence[int] | None = None, activation: str = "relu") -> nn.Module:
     """Build the decoder named by ``kind``; it outputs ``num_params * prod(event_shape)`` per point."""
     if kind == "mlp":
-        return MLPDecoder(latent_dim, num_params * math.prod(event_shape), hidden or (256,), activation)
+        return MLPDecoder(latent_dim, num_params * math.prod(event_shape), (256,) if hidden is None else hidden, activation)
     if kind == "conv":
         return ConvDecoder(latent_dim, event_shape, num_params, hidden or (64, 32), activation)
     raise ValueError(f"Unknown net {kind!r}; choose one of {NETS}.")

@@ -95,7 +95,7 @@ class VAE(PyroModule):
         # Level-valued inputs (categorical/Poisson data) are rescaled to [0, 1] for the encoder.
         input_scale = 1.0 / (levels - 1) if (lik.wants_levels and levels) else 1.0
         self.encoder = encoder or make_encoder(net, self.event_shape, latent_dim, hidden, activation, input_scale)
-        decoder_hidden = tuple(reversed(hidden)) if hidden else None
+        decoder_hidden = tuple(reversed(hidden)) if hidden is not None else None
         self.decoder = decoder or make_decoder(net, latent_dim, self.event_shape, lik.num_params, decoder_hidden, activation)
         self.likelihood = lik
         prior_module = resolve_prior(prior, **(prior_kwargs or {}))

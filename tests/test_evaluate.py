@@ -266,7 +266,8 @@ def _sharded_worker(fabric, state: dict, x: torch.Tensor) -> dict:
     vae, _, _ = linear_gaussian(orthogonal=False, exact_guide=False)
     vae.load_state_dict(state)
     ev = evaluate(vae, x, num_samples=2000, k_list=(1, 10), fabric=fabric, seed=0)
-    return {"log_px": ev.log_px, "mc_se": ev.mc_se, "kl": ev.kl, "world_size": ev.world_size}
+    # Plain lists: tensors would travel back through shared memory owned by an exiting process.
+    return {"log_px": ev.log_px.tolist(), "mc_se": ev.mc_se.tolist(), "kl": ev.kl.tolist(), "world_size": ev.world_size}
 
 
 def test_two_process_gloo_sharding_matches_unsharded():
@@ -280,6 +281,7 @@ def test_two_process_gloo_sharding_matches_unsharded():
     except Exception as e:  # noqa: BLE001 - no spawn/gloo on this machine is not a failure of evaluate
         pytest.skip(f"cannot spawn a 2-process gloo group here: {type(e).__name__}: {e}")
     plain = evaluate(vae, x, num_samples=2000, k_list=(1, 10), seed=0)
+    out = {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v for k, v in out.items()}
     assert out["world_size"] == 2 and out["log_px"].shape == (23,)
     torch.testing.assert_close(out["kl"], plain.kl)  # deterministic per point: proves the order is restored
     se = (out["mc_se"].pow(2) + plain.mc_se.pow(2)).sqrt()
@@ -294,7 +296,9 @@ def trained_run(tmp_path_factory):
     from pyro_vae.train import fit
 
     run_dir = tmp_path_factory.mktemp("run")
-    cfg = {"data": {"name": "digits"}, "model": {"latent_dim": 4, "net": {"hidden": [32]}},
+    # Binarized digits with a Bernoulli decoder: the evaluator's fused fast path on a real model.
+    cfg = {"data": {"name": "digits", "binarize": "dynamic"},
+           "model": {"latent_dim": 4, "likelihood": "bernoulli", "net": {"hidden": [32]}},
            "train": {"epochs": 4, "batch_size": 64, "metrics_max_points": 256, "lr": 3e-3}, "out": str(run_dir)}
     result = fit(cfg, progress=False)
     return run_dir, result
@@ -312,7 +316,7 @@ def test_bounds_increase_with_k_on_a_trained_model(trained_run):
         assert diff.mean().item() > -tol, (a, b)
     # The ELBO (analytic KL) sits below L_10 too, and the overall gap is real.
     assert ev.elbo.mean() < ev.iwae[10].mean()
-    assert ev.iwae[1000].mean() - ev.iwae[1].mean() > 0.5
+    assert ev.iwae[1000].mean() - ev.iwae[1].mean() > 0.1  # ~100 MC SEs
     assert torch.equal(ev.iwae[1000], ev.log_px)
 
 
