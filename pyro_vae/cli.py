@@ -172,7 +172,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from .priors import PRIORS
 
     def settings(fn) -> str:
-        params = [f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values()]
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        params = [f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values() if p.kind not in kinds]
         return f"({', '.join(params)})" if params else ""
 
     def first_line(fn) -> str:

@@ -50,7 +50,7 @@ class DataConfig:
         binarize: ``none``, ``dynamic`` (redrawn every minibatch), ``static`` (one
             fixed draw) or ``threshold`` (> 0.5).
         dequantize: ``auto`` (on for continuous likelihoods on quantized data), ``true``
-            or ``false``.
+            or ``false`` (YAML booleans work too).
         split_seed: Seed of the fixed train/val/test split (not the training seed).
         val_fraction: Fraction held out for validation.
         test_fraction: Fraction held out for test (datasets without an official test split).
@@ -60,7 +60,7 @@ class DataConfig:
     root: str | None = None
     download: bool = True
     binarize: str = "none"
-    dequantize: str = "auto"
+    dequantize: str | bool = "auto"
     split_seed: int = 0
     val_fraction: float = 0.1
     test_fraction: float = 0.1
@@ -68,10 +68,14 @@ class DataConfig:
 
 @dataclass
 class NetConfig:
-    """An encoder or decoder: ``kind`` (``mlp``/``conv``), hidden sizes, activation."""
+    """The encoder and (mirrored) decoder: ``kind`` (``mlp``/``conv``), hidden sizes, activation.
+
+    ``hidden=None`` takes the net's own default: ``[256]`` units for ``mlp``, ``[32, 64]``
+    channels for ``conv``. ``[]`` makes the ``mlp`` nets linear.
+    """
 
     kind: str = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [256])
+    hidden: list[int] | None = None
     activation: str = "relu"
 
 
@@ -204,6 +208,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _settings(strategy: Any) -> list[str]:
+    """The named settings a prior/likelihood strategy accepts (not ``*args``/``**kwargs``)."""
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return [p.name for p in inspect.signature(strategy).parameters.values() if p.kind not in kinds]
+
+
 def _validate(cfg: Config) -> None:
     from .data import BINARIZE_MODES, DATASETS
     from .likelihoods import LIKELIHOODS
@@ -213,6 +223,8 @@ def _validate(cfg: Config) -> None:
     if not cfg.data.name.endswith((".npy", ".npz", ".pt")):
         _choices("data.name", cfg.data.name, list(DATASETS) + ["<path to .npy/.npz/.pt>"])
     _choices("data.binarize", cfg.data.binarize, BINARIZE_MODES)
+    if isinstance(cfg.data.dequantize, bool):
+        cfg.data.dequantize = "true" if cfg.data.dequantize else "false"
     _choices("data.dequantize", cfg.data.dequantize, ("auto", "true", "false"))
     _choices("model.prior", cfg.model.prior, PRIORS)
     _choices("model.likelihood", cfg.model.likelihood, LIKELIHOODS)
@@ -224,7 +236,7 @@ def _validate(cfg: Config) -> None:
         ("model.prior_kwargs", cfg.model.prior, cfg.model.prior_kwargs, PRIORS),
         ("model.likelihood_kwargs", cfg.model.likelihood, cfg.model.likelihood_kwargs, LIKELIHOODS),
     ):
-        params = inspect.signature(registry[name]).parameters
+        params = _settings(registry[name])
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ConfigError(f"{kind}: {name!r} has no settings {unknown}; valid settings: {', '.join(params) or 'none'}.")

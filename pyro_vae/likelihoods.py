@@ -288,7 +288,8 @@ def resolve_likelihood(spec: Any = "bernoulli", **kwargs: Any) -> Likelihood:
     if isinstance(spec, str):
         if spec not in LIKELIHOODS:
             raise ValueError(f"Unknown likelihood {spec!r}; registered likelihoods: {', '.join(LIKELIHOODS)}.")
-        params = inspect.signature(LIKELIHOODS[spec]).parameters
+        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        params = [p.name for p in inspect.signature(LIKELIHOODS[spec]).parameters.values() if p.kind not in kinds]
         unknown = sorted(set(kwargs) - set(params))
         if unknown:
             raise ValueError(

@@ -260,7 +260,8 @@ class _CallablePrior(Prior):
 
 
 def _check_kwargs(kind: str, name: str, cls: Callable, kwargs: dict) -> None:
-    params = inspect.signature(cls).parameters
+    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    params = [p.name for p in inspect.signature(cls).parameters.values() if p.kind not in kinds]
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         valid = ", ".join(params) or "none"

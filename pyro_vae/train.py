@@ -184,6 +184,12 @@ def fit(
     dataset = dataset or load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
                                       split_seed=cfg.data.split_seed, val_fraction=cfg.data.val_fraction,
                                       test_fraction=cfg.data.test_fraction)
+    selects_on_val = not getattr(dataset, "val_is_test", False)
+    if not selects_on_val and tc.patience is not None:
+        raise ConfigError(
+            f"dataset {cfg.data.name!r} has no separate validation split (validation is the test split), so early "
+            "stopping on it would select on the test set; remove train.patience."
+        )
     with pyro.settings.context(module_local_params=True):
         vae = build_vae(cfg, dataset)
     transform = build_transform(cfg, dataset, vae)
@@ -245,7 +251,8 @@ def fit(
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
                    "seconds": time.perf_counter() - tic}
             history.append(row)
-            improved = val_m["elbo"] > best
+            # Where validation is the test split, "best" would be chosen on the test set: keep only the last.
+            improved = selects_on_val and val_m["elbo"] > best
             best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
             stop = tc.patience is not None and bad_epochs >= tc.patience
             if run_dir is not None:

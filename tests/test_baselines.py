@@ -116,12 +116,13 @@ def test_ppca_digits_bits_per_dim(digits):
 
 def test_fa_matches_sklearn(low_rank):
     x = low_rank.numpy()
-    ours = FactorAnalysis(3, tol=1e-10, max_iter=20000).fit(low_rank)
+    ours = FactorAnalysis(3, tol=1e-12, max_iter=20000).fit(low_rank)
     assert ours.converged
     assert_monotone(ours.history)
+    # sklearn's tol is on the summed log-likelihood: 1e-9 / 2000 points is as tight as ours.
     sk = decomposition.FactorAnalysis(3, tol=1e-9, max_iter=20000, svd_method="lapack").fit(x)
-    # (b) both reach the same maximum of the likelihood
-    assert abs(ours.history[-1] - sk.score(x)) < 1e-4
+    # (b) both reach the same maximum (the likelihood is flat along psi, so psi agrees less tightly)
+    assert abs(ours.history[-1] - sk.score(x)) < 1e-6
     np.testing.assert_allclose(ours.noise_variance.numpy(), sk.noise_variance_, rtol=1e-3)
     # (a) identical parameters give identical per-point log-likelihoods
     sk.mean_, sk.components_, sk.noise_variance_ = ours.mean.numpy(), ours.loadings.T.numpy(), ours.noise_variance.numpy()
@@ -143,7 +144,7 @@ def test_fa_random_init_monotone_on_digits_with_constant_pixels(digits):
 
 def _sklearn_gmm_with(ours: GaussianMixture, x: np.ndarray) -> mixture.GaussianMixture:
     kind = ours.covariance
-    sk = mixture.GaussianMixture(ours.n_components, covariance_type=kind, max_iter=1, random_state=0)
+    sk = mixture.GaussianMixture(ours.n_components, covariance_type=kind, max_iter=1, init_params="random_from_data")
     with pytest.warns(Warning):  # one iteration does not converge; we only want a fitted object
         sk.fit(x)
     cov = ours.covariances.numpy()

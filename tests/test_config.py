@@ -34,7 +34,7 @@ def test_yaml_round_trip(tmp_path):
         ({"data": {"binarize": "yes"}}, ["data.binarize", "none, dynamic, static, threshold"]),
         ({"train": {"objective": "iwae", "num_particles": 1}}, ["num_particles >= 2"]),
         ({"train": {"batch_size": 0}}, ["train.batch_size must be >= 1"]),
-        ({"model": {"net": {"hidden": "wide"}}}, ["model.net.hidden", "expected a list"]),
+        ({"model": {"net": {"hidden": "wide"}}}, ["model.net.hidden", "expected list[int] | None", "'wide'"]),
         ({"model": {"net": {"activation": "sigmoidal"}}}, ["model.net.activation", "relu"]),
     ],
 )

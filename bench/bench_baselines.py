@@ -1,0 +1,143 @@
+"""Benchmark pyro_vae's EM baselines against scikit-learn on MNIST-10k (not a test).
+
+Data: the real MNIST test set (``t10k-images-idx3-ubyte.gz``); train on the first 8000
+images, evaluate on the last 2000. PPCA/FA/GMM see dequantized pixels ``(v + u) / 256``
+(bits/dim with ``levels=256``); the mixture of Bernoullis sees ``v / 255 > 0.5``.
+
+Each baseline and its scikit-learn equivalent are fitted in the same process on the
+same data with the same number of components and equivalent tolerances, alternating
+ours/sklearn ``--repeats`` times; the reported ratio is the median of the per-repeat
+time ratios. scikit-learn has no PPCA class, but ``PCA(k).score_samples`` *is* the
+PPCA log-likelihood (at the (N-1)-normalized fit), and it has no Bernoulli mixture.
+
+Usage:
+    python bench/bench_baselines.py [--data DIR] [--out bench/results/baselines.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn import decomposition, mixture
+from threadpoolctl import threadpool_limits
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pyro_vae.baselines import make_baseline  # noqa: E402
+from pyro_vae.stats import LogLikelihood  # noqa: E402
+
+N_TRAIN, N_TEST = 8000, 2000
+
+
+def load_mnist_images(data_dir: Path) -> np.ndarray:
+    path = data_dir / "t10k-images-idx3-ubyte.gz"
+    if not path.exists():
+        raise SystemExit(f"MNIST images not found at {path}; pass --data DIR containing t10k-images-idx3-ubyte.gz")
+    raw = gzip.decompress(path.read_bytes())
+    count = int.from_bytes(raw[4:8], "big")
+    images = np.frombuffer(raw, np.uint8, offset=16).reshape(count, 784)
+    if count < N_TRAIN + N_TEST:
+        raise SystemExit(f"{path} holds {count} images; need {N_TRAIN + N_TEST}.")
+    return images[: N_TRAIN + N_TEST]
+
+
+def timed(fn):
+    time.sleep(0.5)  # let the other library's BLAS/OpenMP worker threads stop spinning
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "baselines.json")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=None, help="subset of: ppca fa gmm gmm_full mob")
+    parser.add_argument("--max-iter-full", type=int, default=20, help="EM iterations cap for full-covariance GMMs")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    images = load_mnist_images(args.data)
+    rng = np.random.default_rng(0)
+    deq = (images + rng.random(images.shape)) / 256.0
+    binary = (images / 255.0 > 0.5).astype(np.float64)
+    tol_fa = 1e-2  # sklearn FactorAnalysis default; on the *summed* train log-likelihood
+
+    # name, K, data, levels, ours (factory, fit kwargs), sklearn factory or None
+    configs = [
+        ("ppca", 50, deq, 256, lambda: make_baseline("ppca", 50), {}, lambda: decomposition.PCA(50)),
+        ("fa", 50, deq, 256, lambda: make_baseline("fa", 50, tol=tol_fa / N_TRAIN, max_iter=1000), {},
+         lambda: decomposition.FactorAnalysis(50, tol=tol_fa, max_iter=1000, random_state=0)),
+        ("gmm", 10, deq, 256, lambda: make_baseline("gmm", 10, tol=1e-3, max_iter=100), {},
+         lambda: mixture.GaussianMixture(10, covariance_type="diag", tol=1e-3, max_iter=100, random_state=0)),
+        ("gmm_full", 10, deq, 256, lambda: make_baseline("gmm_full", 10, tol=1e-3, max_iter=args.max_iter_full), {},
+         lambda: mixture.GaussianMixture(10, covariance_type="full", tol=1e-3, max_iter=args.max_iter_full, random_state=0)),
+        ("mob", 10, binary, None, lambda: make_baseline("mob", 10, tol=1e-3, max_iter=100), {}, None),
+    ]
+    rows = []
+    with threadpool_limits(args.threads):
+        for name, k, data, levels, ours_factory, fit_kw, sk_factory in configs:
+            if args.only and name not in args.only:
+                continue
+            train, test = data[:N_TRAIN], data[N_TRAIN:]
+            ours_times, sk_times = [], []
+            for _ in range(args.repeats):
+                ours, t = timed(lambda: ours_factory().fit(train, **fit_kw))
+                ours_times.append(t)
+                if sk_factory is not None:
+                    sk, t = timed(lambda: sk_factory().fit(train))
+                    sk_times.append(t)
+            ours_ll = ours.evaluate(test, levels=levels)
+            row = {
+                "name": name,
+                "n_components": k,
+                "ours": {**ours_ll.to_dict(), "fit_seconds": ours_times},
+                "ours_train_log_likelihood": ours.history[-1],
+            }
+            if sk_factory is not None:
+                sk_ll = LogLikelihood(f"sklearn_{name}", torch.as_tensor(sk.score_samples(test)), 784, levels=levels)
+                row["sklearn"] = {**sk_ll.to_dict(), "fit_seconds": sk_times, "iterations": getattr(sk, "n_iter_", 0),
+                                  "converged": bool(getattr(sk, "converged_", True))}
+                row["sklearn_train_log_likelihood"] = float(sk.score_samples(train).mean())
+                row["time_ratios"] = [a / b for a, b in zip(ours_times, sk_times)]
+                row["median_time_ratio"] = statistics.median(row["time_ratios"])
+            rows.append(row)
+            print(f"done {name}: ours {statistics.median(ours_times):.2f}s", flush=True)
+
+    header = (f"{'baseline':<9}{'K':>3} | {'test LL ours (nats)':>21} {'sklearn':>21} | {'bits/dim':>15} | "
+              f"{'train LL ours':>13} {'sklearn':>9} | {'iters':>7} | {'fit s ours':>10} {'sklearn':>8} | {'ratio':>5}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        o, s = r["ours"], r.get("sklearn")
+        fmt = lambda d: f"{d['log_likelihood']['mean']:.2f} ± {d['log_likelihood']['se']:.2f}"  # noqa: E731
+        lines.append(
+            f"{r['name']:<9}{r['n_components']:>3} | {fmt(o):>21} {fmt(s) if s else 'n/a':>21} | "
+            f"{o['log_likelihood']['bits_per_dim']:>7.4f} {s['log_likelihood']['bits_per_dim'] if s else float('nan'):>7.4f} | "
+            f"{r['ours_train_log_likelihood']:>13.2f} {r.get('sklearn_train_log_likelihood', float('nan')):>9.2f} | "
+            f"{o['iterations']:>3}/{s['iterations'] if s else '-':>3} | "
+            f"{statistics.median(o['fit_seconds']):>10.2f} {statistics.median(s['fit_seconds']) if s else float('nan'):>8.2f} | "
+            f"{r.get('median_time_ratio', float('nan')):>5.2f}"
+        )
+    table = "\n".join(lines)
+    print(table)
+    setup = {"data": str(args.data), "n_train": N_TRAIN, "n_test": N_TEST, "repeats": args.repeats,
+             "threads": args.threads, "torch": torch.__version__, "max_iter_full": args.max_iter_full,
+             "dequantization": "(v + u) / 256, u ~ U[0, 1), numpy seed 0", "binarization": "v / 255 > 0.5"}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"setup": setup, "results": rows, "table": table}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

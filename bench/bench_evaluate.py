@@ -1,0 +1,163 @@
+"""Benchmark: importance-sampled evaluation of the IWAE-paper VAE on MNIST-10k.
+
+Trains the 784-200-200-50 tanh VAE with a Bernoulli likelihood (Burda et al., 2016)
+briefly on the first 8000 images of the MNIST test set (dynamic binarization), then
+evaluates the last 2000 at K=5000 importance samples, and (unless ``--skip-full``)
+all 10 000 images at K=5000 to measure the memory of the issue's stated setting.
+
+Each evaluation runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is
+its own and not the training's. Throughput is the decoder's FLOPs,
+``2 * rows * (50*200 + 200*200 + 200*784)`` with ``rows = N * K``, over the wall time
+of the whole evaluation (encoder, sampling, log-densities and PSIS included), divided
+by the best float32 ``torch.mm`` rate of 2048x2048 matrices measured in the same
+process. This machine is shared, so both rates are measured repeatedly (best of).
+
+Usage:
+    python bench/bench_evaluate.py [--data ../shared/data/mnist] [--epochs 5] [--samples 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+DECODER_FLOPS_PER_ROW = 2 * (50 * 200 + 200 * 200 + 200 * 784)
+K_LIST = (1, 10, 100, 1000, 5000)
+
+
+def matmul_peak(threads: int, repeats: int = 10, n: int = 2048) -> float:
+    """Best float32 GFLOP/s of an n x n matmul over ``repeats`` tries."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = 0.0
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        torch.mm(a, b)
+        best = max(best, 2 * n**3 / (time.perf_counter() - tic) / 1e9)
+    return best
+
+
+def config(data_root: str, epochs: int) -> dict:
+    return {
+        "data": {"name": "mnist10k", "root": data_root, "binarize": "dynamic", "download": False},
+        "model": {"latent_dim": 50, "likelihood": "bernoulli", "net": {"hidden": [200, 200], "activation": "tanh"}},
+        "train": {"epochs": epochs, "batch_size": 100, "lr": 1e-3},
+    }
+
+
+def eval_worker(state_path: str, which: str, samples: int, threads: int, profile: bool) -> dict:
+    """Runs in a fresh process: load the model and data, evaluate, report time and memory."""
+    import pyro
+
+    from pyro_vae.config import from_dict
+    from pyro_vae.data import load_dataset
+    from pyro_vae.evaluate import evaluate
+    from pyro_vae.train import build_transform, build_vae
+
+    torch.set_num_threads(threads)
+    state = torch.load(state_path, weights_only=False)
+    cfg = from_dict(state["config"])
+    dataset = load_dataset(cfg.data.name, root=cfg.data.root, download=False)
+    with pyro.settings.context(module_local_params=True):
+        vae = build_vae(cfg, dataset)
+    vae.load_state_dict(state["model"])
+    transform = build_transform(cfg, dataset, vae)
+    raw = dataset.test if which == "test" else torch.cat([dataset.train, dataset.test])
+    x = transform(raw, train=False)
+    peak_before = matmul_peak(threads)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    if profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+    tic = time.perf_counter()
+    ev = evaluate(vae, x, num_samples=samples, k_list=K_LIST, levels=transform.density_levels, seed=0)
+    seconds = time.perf_counter() - tic
+    profile_text = None
+    if profile:
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        profile_text = buf.getvalue()
+    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = max(peak_before, matmul_peak(threads))
+    gflops = DECODER_FLOPS_PER_ROW * len(x) * samples / seconds / 1e9
+    return {"points": len(x), "samples": samples, "seconds": seconds, "decoder_gflops": gflops,
+            "matmul_peak_gflops": peak, "ratio": gflops / peak, "rss_before_mib": rss_before,
+            "peak_rss_mib": rss_after, "rss_delta_mib": rss_after - rss_before,
+            "report": ev.to_dict(), "summary": ev.summary(), "profile": profile_text}
+
+
+def run_worker(*args) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(eval_worker, args)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--samples", type=int, default=5000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-full", action="store_true", help="skip evaluating all 10 000 images")
+    parser.add_argument("--profile", action="store_true", help="cProfile the 2000-point evaluation")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / "evaluate.json"))
+    args = parser.parse_args()
+
+    from pyro_vae.train import fit
+
+    torch.set_num_threads(args.threads)
+    tic = time.perf_counter()
+    result = fit(config(args.data, args.epochs), run_dir=None, progress=False)
+    train_seconds = time.perf_counter() - tic
+    with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
+        from dataclasses import asdict
+
+        state_path = str(Path(tmp) / "model.pt")
+        torch.save({"config": asdict(result.config), "model": result.vae.state_dict()}, state_path)
+        test = run_worker(state_path, "test", args.samples, args.threads, args.profile)
+        full = None if args.skip_full else run_worker(state_path, "all", args.samples, args.threads, False)
+
+    rep = test["report"]
+    print(f"\nIWAE-paper VAE (784-200-200-50 tanh, Bernoulli), MNIST-10k, {args.epochs} epochs "
+          f"({train_seconds:.1f} s), {args.threads} threads, {platform.processor() or platform.machine()}")
+    print(f"final val ELBO during training: {result.history[-1]['val_elbo']:.2f} nats\n")
+    print(test["summary"])
+    print(f"\n{'setting':<28}{'wall s':>9}{'GFLOP/s':>10}{'mm peak':>10}{'ratio':>8}{'peak RSS MiB':>14}{'Δ RSS MiB':>11}")
+    for name, r in (("2000 test pts, K=%d" % args.samples, test), ("10000 pts, K=%d" % args.samples, full)):
+        if r is not None:
+            print(f"{name:<28}{r['seconds']:>9.1f}{r['decoder_gflops']:>10.1f}{r['matmul_peak_gflops']:>10.1f}"
+                  f"{r['ratio']:>8.2f}{r['peak_rss_mib']:>14.0f}{r['rss_delta_mib']:>11.0f}")
+    if test["profile"]:
+        print("\ncProfile (2000 points, by own time):\n" + test["profile"])
+    goals = {"ratio_goal": 0.5, "ratio_met": test["ratio"] >= 0.5,
+             "memory_goal_gib": 2.0, "memory_met": None if full is None else full["peak_rss_mib"] / 1024 <= 2.0}
+    print(f"goals: throughput ratio >= 0.5: {goals['ratio_met']}; "
+          f"10k x K=5000 peak RSS <= 2 GiB: {goals['memory_met']}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    drop = lambda r: None if r is None else {k: v for k, v in r.items() if k not in ("summary", "profile")}  # noqa: E731
+    out.write_text(json.dumps({"epochs": args.epochs, "train_seconds": train_seconds, "threads": args.threads,
+                               "torch": torch.__version__, "machine": platform.machine(),
+                               "test_2000": drop(test), "all_10000": drop(full), "goals": goals}, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
