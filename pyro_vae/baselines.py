@@ -1,24 +1,24 @@
 """Exact-likelihood baselines fitted by EM, reported in the same units as the VAE.
 
-Every model here has a closed-form marginal likelihood, so ``log_prob`` is exact
-(no Monte Carlo error) and ``evaluate`` returns the same
-:class:`~pyro_vae.stats.LogLikelihood` the VAE evaluator returns: nats per datapoint,
-mean ± SE, bits/dim. A VAE that cannot beat a mixture of Bernoullis or a factor
-analyser is not learning much.
+Every model here has a closed-form marginal likelihood, so ``log_prob`` is exact (no
+Monte Carlo error) and ``evaluate`` returns the same :class:`~pyro_vae.stats.LogLikelihood`
+as the VAE evaluator: nats per datapoint, mean ± SE, bits/dim. A VAE that cannot beat
+a mixture of Bernoullis or a factor analyser is not learning much.
 
-All computation is vectorized torch in float64: log-likelihoods of MNIST-sized data
-are sums of ~784 terms of magnitude up to ~10, and EM monotonicity checks need
-more than float32's ~7 digits. Inputs of shape ``(N, ...)`` are flattened to
-``(N, D)``. Variances (noise variances, diagonal variances, covariance eigenvalues)
-are floored at ``min_variance`` (absolute, in squared data units; default 1e-6, the
-size of scikit-learn's ``reg_covar``) inside every M-step: the clamped update is the
-exact constrained maximizer, so EM stays monotone, and constant pixels (MNIST's
-border) cannot send the likelihood to infinity. Unlike ``reg_covar``, which is *added*
-to every variance, a floor leaves well-estimated variances untouched. Dequantize
-discrete data first (``(v + u) / levels``; the noise alone then has variance
-``1 / (12 levels^2)``, 1.3e-6 for 8-bit pixels) and pass ``levels`` to :meth:`evaluate`
-for bits/dim. A larger floor (e.g. 1e-3 for [0, 1] pixels) regularizes: it lowers the
-train likelihood but can raise the test likelihood a lot.
+Computation is vectorized torch in float64: MNIST log-likelihoods are sums of ~784
+terms of size up to ~10, and the EM monotonicity checks need more than float32's ~7
+digits. Inputs of shape ``(N, ...)`` are flattened to ``(N, D)``.
+
+Variances (noise variances, diagonal variances, covariance eigenvalues) are floored at
+``min_variance`` (absolute, in squared data units; default 1e-6, the size of
+scikit-learn's ``reg_covar``) inside every M-step. The clamped update is the exact
+constrained maximizer, so EM stays monotone, and constant pixels (MNIST's border)
+cannot send the likelihood to infinity. Unlike ``reg_covar``, which is *added* to every
+variance, a floor leaves well-estimated variances alone. Dequantize discrete data first
+(``(v + u) / levels``; the noise alone then has variance ``1 / (12 levels^2)``, 1.3e-6
+for 8-bit pixels) and pass ``levels`` to ``evaluate`` for bits/dim. A larger floor
+(e.g. 1e-3 for [0, 1] pixels) regularizes: lower train but often much higher test
+likelihood.
 
 Example:
     >>> x = torch.randn(200, 5, generator=torch.Generator().manual_seed(0))
@@ -32,16 +32,25 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor
 
 from pyro_vae.stats import LogLikelihood
 
-__all__ = ["PPCA", "FactorAnalysis", "GaussianMixture", "MixtureOfBernoullis", "BASELINES", "make_baseline"]
+__all__ = [
+    "EMBaseline",
+    "PPCA",
+    "FactorAnalysis",
+    "GaussianMixture",
+    "MixtureOfBernoullis",
+    "BASELINES",
+    "make_baseline",
+]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+_Model = TypeVar("_Model", bound="EMBaseline")
 
 
 def _as_data(x: Any, who: str, num_dims: int | None = None) -> Tensor:
@@ -54,12 +63,11 @@ def _as_data(x: Any, who: str, num_dims: int | None = None) -> Tensor:
     x = x.detach().reshape(x.shape[0], -1).to(torch.float64)
     if x.numel() == 0:
         raise ValueError(f"{who}: got an empty batch of shape {tuple(x.shape)}.")
-    # One reduction is far cheaper than an elementwise mask; count only when it is not finite.
+    # One reduction is far cheaper than an elementwise mask; count only if it is not finite.
     bad = 0 if torch.isfinite(x.sum()) else int((~torch.isfinite(x)).sum())
     if bad:
         raise ValueError(
-            f"{who}: {bad} of {x.numel()} values are not finite (NaN or inf); "
-            "drop or impute those datapoints first."
+            f"{who}: {bad} of {x.numel()} values are not finite (NaN or inf); drop or impute those datapoints first."
         )
     if num_dims is not None and x.shape[1] != num_dims:
         raise ValueError(f"{who}: the model was fitted on D={num_dims} dims but got D={x.shape[1]} (after flattening).")
@@ -67,7 +75,7 @@ def _as_data(x: Any, who: str, num_dims: int | None = None) -> Tensor:
 
 
 def _gram(a: Tensor, blocks: int = 2) -> Tensor:
-    """``a.T @ a`` computing only the upper block triangle (torch has no syrk), ~25% fewer flops."""
+    """``a.T @ a`` from the upper block triangle only: torch has no syrk, this saves ~25% of the flops."""
     cuts = [a.shape[1] * i // blocks for i in range(blocks + 1)]
     out = torch.empty(a.shape[1], a.shape[1], dtype=a.dtype, device=a.device)
     for i in range(blocks):
@@ -86,7 +94,7 @@ def _kmeanspp_labels(x: Tensor, k: int, g: torch.Generator) -> Tensor:
     centers = [int(torch.randint(x.shape[0], (1,), generator=g))]
     d2 = (x_sq - 2 * x @ x[centers[0]] + x_sq[centers[0]]).clamp_min(0)
     for _ in range(1, k):
-        # Fall back to uniform once every point coincides with a center (duplicated data).
+        # Uniform fallback once every point coincides with a center (duplicated data).
         w = d2.cpu() if d2.sum() > 0 else torch.ones(x.shape[0], dtype=torch.float64)
         centers.append(int(torch.multinomial(w, 1, generator=g)))
         d2 = torch.minimum(d2, (x_sq - 2 * x @ x[centers[-1]] + x_sq[centers[-1]]).clamp_min(0))
@@ -94,12 +102,27 @@ def _kmeanspp_labels(x: Tensor, k: int, g: torch.Generator) -> Tensor:
     return (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
 
 
-class _EMBaseline:
-    """Shared EM driver: restarts, convergence, history, evaluation.
+class EMBaseline:
+    """Shared EM driver: input checks, restarts, convergence, history, evaluation.
 
-    Subclasses implement ``_prepare`` (sufficient statistics, computed once),
-    ``_init``, ``_e_step`` (returns the mean train log-likelihood of the *current*
-    parameters plus what the M-step needs), ``_m_step`` and ``_log_prob``.
+    Subclasses provide ``_prepare`` (sufficient statistics, computed once), ``_init``,
+    ``_e_step`` (mean train log-likelihood of the *current* parameters, plus what the
+    M-step needs), ``_m_step`` and ``_log_prob``; fitted parameters are plain tensor
+    attributes listed in ``_param_names``, so they can be inspected or set by hand.
+
+    Args:
+        n_components: Latent dimensions (PPCA, FA) or mixture components.
+        max_iter: Maximum EM iterations (M-steps) per restart.
+        tol: Stop when the mean train log-likelihood changes by less than this (nats/point).
+        n_restarts: Independent EM runs; the one with the highest train likelihood is kept.
+        seed: Seed for initialization.
+        min_variance: Variance floor applied in every M-step (see the module docstring).
+
+    Attributes:
+        history: Mean train log-likelihood (nats/point) of the initial parameters and
+            after each M-step of the kept run; ``history[-1]`` is that of the returned
+            parameters.
+        iterations, converged, fit_seconds, restart_log_likelihoods: Fit diagnostics.
     """
 
     name = "baseline"
@@ -117,48 +140,36 @@ class _EMBaseline:
     ) -> None:
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
             raise ValueError(f"{type(self).__name__}: n_components must be a positive int, got {n_components!r}.")
-        self.n_components = n_components
-        self.max_iter, self.tol, self.n_restarts, self.seed = max_iter, tol, n_restarts, seed
         if not min_variance > 0:
             raise ValueError(f"{type(self).__name__}: min_variance must be > 0, got {min_variance}.")
-        self.min_variance = float(min_variance)
+        self.n_components, self.min_variance = n_components, float(min_variance)
+        self.max_iter, self.tol, self.n_restarts, self.seed = max_iter, tol, n_restarts, seed
         self.history: list[float] = []
+        self.restart_log_likelihoods: list[float] = []
         self.num_dims: int | None = None
         self.fit_seconds, self.iterations, self.converged = float("nan"), 0, False
-        self.restart_log_likelihoods: list[float] = []
 
-    # -- subclass hooks -------------------------------------------------------
     def _check_fit_data(self, x: Tensor) -> None:
-        n, _ = x.shape
-        if n < self.n_components:
-            raise ValueError(f"{self.name}: {n} datapoints cannot support n_components={self.n_components}.")
+        if x.shape[0] < self.n_components:
+            raise ValueError(f"{self.name}: {x.shape[0]} datapoints cannot support n_components={self.n_components}.")
 
-    def _prepare(self, x: Tensor) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
-        raise NotImplementedError
-
-    def _m_step(self, data: dict, p: dict, aux: Any) -> dict[str, Tensor]:
-        raise NotImplementedError
-
-    def _log_prob(self, x: Tensor, p: dict) -> Tensor:
-        raise NotImplementedError
-
-    # -- public API -----------------------------------------------------------
     def fit(
-        self,
+        self: _Model,
         x: Any,
         *,
         max_iter: int | None = None,
         tol: float | None = None,
         n_restarts: int | None = None,
         seed: int | None = None,
-    ) -> "_EMBaseline":
-        """Fit by EM; ``None`` arguments fall back to the constructor's values. Returns ``self``."""
+    ) -> _Model:
+        """Fit by EM. Arguments left as ``None`` fall back to the constructor's values.
+
+        Args:
+            x: Training data of shape ``(N, ...)`` (tensor or array), flattened to ``(N, D)``.
+
+        Returns:
+            ``self``, with fitted parameters and ``history``.
+        """
         start = time.perf_counter()
         max_iter = self.max_iter if max_iter is None else max_iter
         tol = self.tol if tol is None else tol
@@ -184,18 +195,18 @@ class _EMBaseline:
             self.restart_log_likelihoods.append(history[-1])
             if best is None or history[-1] > best[1][-1]:
                 best = (p, history, converged)
-        self._finish(x, best[0], best[1], best[2], start)
+        self._finish(x, *best, start)
         return self
 
     def _finish(self, x: Tensor, p: dict, history: list[float], converged: bool, start: float) -> None:
         for key in self._param_names:
             setattr(self, key, p[key])
         self.num_dims, self.history, self.converged = x.shape[1], history, converged
-        self.iterations = len(history) - 1  # number of M-steps applied to the returned parameters
+        self.iterations = len(history) - 1
         self.fit_seconds = time.perf_counter() - start
 
     def log_prob(self, x: Any) -> Tensor:
-        """Exact log-likelihood of each datapoint in nats, shape ``(N,)`` (float64)."""
+        """Exact log-likelihood of each datapoint in nats, shape ``(N,)``, float64."""
         if self.num_dims is None:
             raise RuntimeError(f"{self.name}: call fit(x) before log_prob/evaluate.")
         x = _as_data(x, f"{self.name}.log_prob", self.num_dims)
@@ -203,12 +214,12 @@ class _EMBaseline:
         return self._log_prob(x.to(p[self._param_names[0]].device), p)
 
     def evaluate(self, x: Any, levels: int | None = None) -> LogLikelihood:
-        """Per-datapoint log-likelihoods as a :class:`LogLikelihood` with fit diagnostics in ``extra``.
+        """Per-datapoint log-likelihoods as a :class:`LogLikelihood`, fit diagnostics in ``extra``.
 
         Args:
             x: Data of shape ``(N, ...)``.
-            levels: Quantization levels if ``x`` is dequantized ``(v + u) / levels`` data,
-                so bits/dim are those of a probability mass; ``None`` otherwise.
+            levels: Quantization levels if ``x`` is dequantized ``(v + u) / levels`` data (bits/dim
+                are then those of a probability mass), else ``None``.
         """
         extra = {
             "fit_seconds": self.fit_seconds,
@@ -220,12 +231,9 @@ class _EMBaseline:
         }
         return LogLikelihood(self.name, self.log_prob(x), num_dims=self.num_dims, levels=levels, extra=extra)
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_components={self.n_components})"
 
-
-class _LowRankGaussian(_EMBaseline):
-    """N(x | mean, W W^T + Psi) with W of shape (D, k); PPCA ties Psi = sigma^2 I."""
+class _LowRankGaussian(EMBaseline):
+    """``N(x | mean, W W^T + Psi)`` with W of shape (D, k); PPCA ties ``Psi = sigma^2 I``."""
 
     _param_names = ("mean", "loadings", "noise_variance")
     _isotropic = True
@@ -234,69 +242,62 @@ class _LowRankGaussian(_EMBaseline):
         n, d = x.shape
         if self.n_components >= d:
             raise ValueError(
-                f"{self.name}: n_components={self.n_components} must be < D={d}; with k >= D the model is a "
-                "full-covariance Gaussian — use fewer components."
+                f"{self.name}: n_components={self.n_components} must be < D={d}; with k >= D the model is "
+                "a full-covariance Gaussian. Use fewer components."
             )
         if n <= self.n_components:
             raise ValueError(f"{self.name}: needs N > n_components, got N={n}, n_components={self.n_components}.")
 
     def _prepare(self, x: Tensor) -> dict[str, Any]:
         mean = x.mean(0)
-        s = _gram(x - mean) / x.shape[0]  # ML covariance: the mean and S are all EM ever needs
-        return {"mean": mean, "s": s, "floor": self.min_variance}
+        # The mean and the ML covariance S are sufficient: EM never touches the N points again.
+        return {"mean": mean, "s": _gram(x - mean) / x.shape[0]}
 
     @staticmethod
     def _factor(w: Tensor, psi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        # Woodbury / determinant lemma: only k x k matrices are factorized.
+        # Woodbury and the determinant lemma: only the k x k matrix I + W^T Psi^-1 W is factorized.
         v = w / psi[:, None]
         chol = torch.linalg.cholesky(torch.eye(w.shape[1], dtype=w.dtype, device=w.device) + w.T @ v)
-        logdet = psi.log().sum() + 2 * chol.diagonal().log().sum()
-        return v, chol, logdet
-
-    def _psi(self, p: dict, d: int) -> Tensor:
-        return p["noise_variance"].expand(d)
+        return v, chol, psi.log().sum() + 2 * chol.diagonal().log().sum()
 
     def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
-        s, w = data["s"], p["loadings"]
-        psi = self._psi(p, s.shape[0])
-        v, chol, logdet = self._factor(w, psi)
+        s = data["s"]
+        psi = p["noise_variance"].expand(s.shape[0])
+        v, chol, logdet = self._factor(p["loadings"], psi)
         sv = s @ v
         vsv = v.T @ sv
-        trace = (s.diagonal() / psi).sum() - torch.cholesky_solve(vsv, chol).trace()
-        ll = -0.5 * (s.shape[0] * _LOG_2PI + logdet + trace)
-        return float(ll), (sv, vsv, chol)
+        trace = (s.diagonal() / psi).sum() - torch.cholesky_solve(vsv, chol).trace()  # tr(C^-1 S)
+        return float(-0.5 * (s.shape[0] * _LOG_2PI + logdet + trace)), (sv, vsv, chol)
 
     def _m_step(self, data: dict, p: dict, aux: Any) -> dict[str, Tensor]:
-        # Rubin & Thayer (1982) EM written with S alone: O(D^2 k) per iteration, independent of N.
+        # Rubin & Thayer (1982) written with S alone: O(D^2 k) per iteration, independent of N.
         sv, vsv, chol = aux
         g_inv = torch.cholesky_inverse(chol)
-        s_beta = sv @ g_inv  # E[(x - mu) z^T], averaged over data
-        ezz = g_inv + g_inv @ vsv @ g_inv  # E[z z^T], averaged over data
+        s_beta = sv @ g_inv  # data average of (x - mu) E[z | x]^T
+        ezz = g_inv + g_inv @ vsv @ g_inv  # data average of E[z z^T | x]
         w = torch.linalg.solve(ezz, s_beta.T).T
         psi = data["s"].diagonal() - (w * s_beta).sum(1)
         psi = psi.mean() if self._isotropic else psi
-        return {"mean": data["mean"], "loadings": w, "noise_variance": psi.clamp_min(data["floor"])}
+        return {"mean": data["mean"], "loadings": w, "noise_variance": psi.clamp_min(self.min_variance)}
 
-    def _pca_init(self, data: dict) -> dict[str, Tensor]:
+    def _closed_form(self, data: dict) -> dict[str, Tensor]:
         s, k = data["s"], self.n_components
         evals, evecs = torch.linalg.eigh(s)
         top, u = evals.flip(0)[:k], evecs.flip(1)[:, :k]
-        # Tipping & Bishop (1999): sigma^2 is the mean of the discarded eigenvalues.
-        sigma2 = ((s.diagonal().sum() - top.sum()) / (s.shape[0] - k)).clamp_min(data["floor"])
-        w = u * (top - sigma2).clamp_min(0).sqrt()
-        return {"mean": data["mean"], "loadings": w, "noise_variance": sigma2}
+        # Tipping & Bishop (1999): sigma^2 is the mean of the discarded eigenvalues (via the trace).
+        sigma2 = ((s.diagonal().sum() - top.sum()) / (s.shape[0] - k)).clamp_min(self.min_variance)
+        return {"mean": data["mean"], "loadings": u * (top - sigma2).clamp_min(0).sqrt(), "noise_variance": sigma2}
 
     def _random_init(self, data: dict, g: torch.Generator) -> dict[str, Tensor]:
-        s = data["s"]
-        var = s.diagonal()
-        w = torch.randn(s.shape[0], self.n_components, generator=g, dtype=s.dtype).to(s.device)
+        var = data["s"].diagonal()
+        w = torch.randn(var.shape[0], self.n_components, generator=g, dtype=var.dtype).to(var.device)
+        psi = var.mean() if self._isotropic else var
         w = w * (var.mean() / self.n_components).sqrt()
-        psi = var.mean() if self._isotropic else var.clamp_min(data["floor"])
-        return {"mean": data["mean"], "loadings": w, "noise_variance": psi}
+        return {"mean": data["mean"], "loadings": w, "noise_variance": psi.clamp_min(self.min_variance)}
 
     def _log_prob(self, x: Tensor, p: dict) -> Tensor:
         diff = x - p["mean"]
-        psi = self._psi(p, x.shape[1])
+        psi = p["noise_variance"].expand(x.shape[1])
         v, chol, logdet = self._factor(p["loadings"], psi)
         proj = torch.linalg.solve_triangular(chol, (diff @ v).T, upper=False)
         maha = (diff * diff / psi).sum(1) - (proj * proj).sum(0)
@@ -306,11 +307,12 @@ class _LowRankGaussian(_EMBaseline):
 class PPCA(_LowRankGaussian):
     """Probabilistic PCA (Tipping & Bishop, 1999): ``x ~ N(mean, W W^T + sigma^2 I)``.
 
-    Attributes after fitting: ``mean`` (D,), ``loadings`` W (D, k), ``noise_variance``
-    sigma^2 (scalar tensor), ``history`` (mean train log-lik per EM iteration).
+    Fitted attributes: ``mean`` (D,), ``loadings`` W (D, k), ``noise_variance`` sigma^2
+    (0-d tensor). Constructor arguments as for :class:`EMBaseline`.
 
     Example:
-        >>> x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) @ torch.randn(6, 6)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(300, 6, generator=g) @ torch.randn(6, 6, generator=g)
         >>> exact = PPCA(2).fit(x).history[-1]
         >>> em = PPCA(2).fit(x, method="em", tol=1e-10, max_iter=5000).history[-1]
         >>> abs(exact - em) < 1e-4
@@ -319,40 +321,54 @@ class PPCA(_LowRankGaussian):
 
     name = "ppca"
 
-    def fit(self, x: Any, *, method: str = "closed_form", **kwargs: Any) -> "PPCA":
-        """Fit by the closed-form MLE (``method="closed_form"``, eigendecomposition) or by ``method="em"``.
+    def fit(
+        self,
+        x: Any,
+        *,
+        method: str = "closed_form",
+        max_iter: int | None = None,
+        tol: float | None = None,
+        n_restarts: int | None = None,
+        seed: int | None = None,
+    ) -> PPCA:
+        """Fit by the closed-form MLE (eigendecomposition of S) or by EM from a random start.
 
-        ``kwargs`` are ``max_iter``, ``tol``, ``n_restarts``, ``seed`` (used by EM only).
+        Args:
+            x: Training data of shape ``(N, ...)``.
+            method: ``"closed_form"`` (the EM arguments are then unused) or ``"em"``.
         """
         if method == "em":
-            return super().fit(x, **kwargs)
+            return super().fit(x, max_iter=max_iter, tol=tol, n_restarts=n_restarts, seed=seed)
         if method != "closed_form":
             raise ValueError(f"ppca: unknown method {method!r}; use 'closed_form' or 'em'.")
         start = time.perf_counter()
         x = _as_data(x, "ppca.fit")
         self._check_fit_data(x)
         data = self._prepare(x)
-        p = self._pca_init(data)
+        p = self._closed_form(data)
         self.restart_log_likelihoods = [self._e_step(data, p)[0]]
         self._finish(x, p, list(self.restart_log_likelihoods), True, start)
         return self
 
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
-        return self._random_init(data, g)  # EM from a random start, so it is a genuine check on the closed form
+        return self._random_init(data, g)  # a random start makes EM a genuine check of the closed form
 
 
 class FactorAnalysis(_LowRankGaussian):
-    """Factor analysis: ``x ~ N(mean, W W^T + diag(psi))``, fitted by EM (Rubin & Thayer, 1982).
+    """Factor analysis, ``x ~ N(mean, W W^T + diag(psi))``, fitted by EM (Rubin & Thayer, 1982).
 
-    ``init="pca"`` starts the first restart from the PPCA solution (far fewer EM
-    iterations); further restarts, and ``init="random"``, start from random loadings.
-    Attributes after fitting: ``mean``, ``loadings`` (D, k), ``noise_variance`` psi (D,).
+    Args:
+        init: ``"pca"`` starts the first restart from the PPCA solution (far fewer EM
+            iterations; later restarts start randomly), ``"random"`` starts every restart
+            from random loadings. Other arguments as for :class:`EMBaseline`.
+
+    Fitted attributes: ``mean`` (D,), ``loadings`` W (D, k), ``noise_variance`` psi (D,).
 
     Example:
-        >>> x = torch.randn(300, 6, generator=torch.Generator().manual_seed(0)) * torch.arange(1.0, 7.0)
-        >>> fa = FactorAnalysis(2).fit(x)
-        >>> fa.noise_variance.shape, fa.log_prob(x).shape
-        (torch.Size([6]), torch.Size([300]))
+        >>> g = torch.Generator().manual_seed(0)
+        >>> fa = FactorAnalysis(2).fit(torch.randn(300, 6, generator=g) * torch.arange(1.0, 7.0))
+        >>> fa.noise_variance.shape, fa.converged
+        (torch.Size([6]), True)
     """
 
     name = "fa"
@@ -367,20 +383,42 @@ class FactorAnalysis(_LowRankGaussian):
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
         if self.init == "random" or restart > 0:
             return self._random_init(data, g)
-        p = self._pca_init(data)
-        # Give each dimension the variance PPCA leaves unexplained, so diag(C) matches diag(S).
+        p = self._closed_form(data)
+        # Give each dimension the variance PPCA leaves unexplained, so diag(C) starts at diag(S).
         resid = data["s"].diagonal() - p["loadings"].pow(2).sum(1)
-        return {**p, "noise_variance": resid.clamp_min(data["floor"])}
+        return {**p, "noise_variance": resid.clamp_min(self.min_variance)}
 
 
-class GaussianMixture(_EMBaseline):
+class _Mixture(EMBaseline):
+    """Shared E-step of mixtures: log-space responsibilities from ``_weighted_log_prob``."""
+
+    def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
+        wlp = self._weighted_log_prob(data["x"], p, data.get("feats"))
+        norm = torch.logsumexp(wlp, 1)
+        return float(norm.mean()), (wlp - norm[:, None]).exp()
+
+    def _log_prob(self, x: Tensor, p: dict) -> Tensor:
+        return torch.logsumexp(self._weighted_log_prob(x, p), 1)
+
+    def _counts(self, resp: Tensor) -> Tensor:
+        # A tiny count keeps an emptied component finite instead of NaN (as scikit-learn does).
+        return resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
+
+    def _kmeanspp_resp(self, x: Tensor, g: torch.Generator) -> Tensor:
+        labels = _kmeanspp_labels(x, self.n_components, g)
+        return torch.nn.functional.one_hot(labels, self.n_components).to(x.dtype)
+
+
+class GaussianMixture(_Mixture):
     """Mixture of Gaussians with diagonal or full covariances, fitted by EM.
 
-    Initialization: ``init="kmeans++"`` (hard k-means++ seeding) or ``"random"``
-    (random responsibilities). The best of ``n_restarts`` runs is kept. A full
-    covariance's eigenvalues are clamped at the variance floor each M-step (the exact
-    constrained maximizer, so EM stays monotone). Attributes after fitting:
-    ``weights`` (K,), ``means`` (K, D), ``covariances`` (K, D) or (K, D, D).
+    Args:
+        covariance: ``"diag"`` or ``"full"``. Full covariances have their eigenvalues
+            clamped at ``min_variance`` in every M-step (the exact constrained maximizer).
+        init: ``"kmeans++"`` (hard k-means++ seeding) or ``"random"`` (random responsibilities).
+            Other arguments as for :class:`EMBaseline`.
+
+    Fitted attributes: ``weights`` (K,), ``means`` (K, D), ``covariances`` (K, D) or (K, D, D).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -413,22 +451,17 @@ class GaussianMixture(_EMBaseline):
 
     def _prepare(self, x: Tensor) -> dict[str, Any]:
         # Diagonal EM is memory-bound: stacking [x^2, x] makes each E- and M-step one pass over the data.
-        feats = torch.cat([x * x, x], 1) if self.covariance == "diag" else None
-        return {"x": x, "feats": feats, "floor": self.min_variance}
+        return {"x": x, "feats": torch.cat([x * x, x], 1) if self.covariance == "diag" else None}
 
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
         x = data["x"]
         if self.init == "kmeans++":
-            resp = torch.nn.functional.one_hot(_kmeanspp_labels(x, self.n_components, g), self.n_components)
-        else:
-            resp = torch.rand(x.shape[0], self.n_components, generator=g, dtype=torch.float64).to(x.device)
-            resp = resp / resp.sum(1, keepdim=True)
-        return self._m_step(data, {}, resp.to(x.dtype))
+            return self._m_step(data, {}, self._kmeanspp_resp(x, g))
+        resp = torch.rand(x.shape[0], self.n_components, generator=g, dtype=x.dtype).to(x.device)
+        return self._m_step(data, {}, resp / resp.sum(1, keepdim=True))
 
     def _m_step(self, data: dict, p: dict, resp: Tensor) -> dict[str, Tensor]:
-        x, floor = data["x"], data["floor"]
-        # A tiny count keeps emptied components finite instead of NaN (as scikit-learn does).
-        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
+        x, nk, floor = data["x"], self._counts(resp), self.min_variance
         d = x.shape[1]
         if self.covariance == "diag":
             moments = (resp.T @ data["feats"]) / nk[:, None]
@@ -438,10 +471,10 @@ class GaussianMixture(_EMBaseline):
         means = (resp.T @ x) / nk[:, None]
         cov = torch.empty(self.n_components, d, d, dtype=x.dtype, device=x.device)
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
-        for k in range(self.n_components):  # one (D, N) x (N, D) product per component dominates
+        for k in range(self.n_components):  # the (D, N) x (N, D) product per component dominates
             cov[k] = _gram((x - means[k]) * (resp[:, k] / nk[k]).sqrt()[:, None])
-            # Cholesky of cov - floor*I succeeds iff every eigenvalue exceeds the floor; then the
-            # clamp is a no-op and the (much slower) eigendecomposition is skipped.
+            # Cholesky of cov - floor*I succeeds iff every eigenvalue exceeds the floor: the clamp
+            # is then a no-op and the (much slower) eigendecomposition can be skipped.
             if torch.linalg.cholesky_ex(cov[k] - floor * eye).info != 0:
                 evals, evecs = torch.linalg.eigh(cov[k])
                 clamped = (evecs * evals.clamp_min(floor)) @ evecs.T
@@ -450,7 +483,6 @@ class GaussianMixture(_EMBaseline):
 
     def _weighted_log_prob(self, x: Tensor, p: dict, feats: Tensor | None = None) -> Tensor:
         means, cov = p["means"], p["covariances"]
-        d = x.shape[1]
         if self.covariance == "diag":
             prec = 1.0 / cov
             feats = torch.cat([x * x, x], 1) if feats is None else feats
@@ -463,30 +495,25 @@ class GaussianMixture(_EMBaseline):
                 y = torch.linalg.solve_triangular(chol[k], (x - means[k]).T, upper=False)
                 maha[:, k] = (y * y).sum(0)
             logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
-        return p["weights"].log() - 0.5 * (d * _LOG_2PI + logdet + maha)
-
-    def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
-        wlp = self._weighted_log_prob(data["x"], p, data["feats"])
-        norm = torch.logsumexp(wlp, 1)
-        return float(norm.mean()), (wlp - norm[:, None]).exp()
-
-    def _log_prob(self, x: Tensor, p: dict) -> Tensor:
-        return torch.logsumexp(self._weighted_log_prob(x, p), 1)
+        return p["weights"].log() - 0.5 * (x.shape[1] * _LOG_2PI + logdet + maha)
 
 
-class MixtureOfBernoullis(_EMBaseline):
+class MixtureOfBernoullis(_Mixture):
     """Mixture of products of Bernoullis for binary data, fitted by EM.
 
-    Pixel probabilities are clamped to ``[min_prob, 1 - min_prob]`` in every M-step
-    (the exact constrained maximizer, so EM stays monotone); otherwise a pixel never on
-    in training would give a test image containing it probability 0. Initialized by
-    k-means++ seeding (Hamming distance). ``log_prob`` is a probability mass, so
-    evaluate with ``levels=None``. Attributes: ``weights`` (K,), ``probs`` (K, D).
+    Args:
+        min_prob: Pixel probabilities are clamped to ``[min_prob, 1 - min_prob]`` in every
+            M-step (the exact constrained maximizer, so EM stays monotone); otherwise a pixel
+            never on in training gives any test image with it on probability 0. Other
+            arguments as for :class:`EMBaseline`; initialization is k-means++ (Hamming).
+
+    Fitted attributes: ``weights`` (K,), ``probs`` (K, D). ``log_prob`` is a probability
+    mass: evaluate with ``levels=None``.
 
     Example:
         >>> x = (torch.rand(200, 8, generator=torch.Generator().manual_seed(0)) > 0.5).double()
         >>> ll = MixtureOfBernoullis(2).fit(x).evaluate(x)
-        >>> ll.bits_per_dim <= 1.0 + 1e-9
+        >>> ll.bits_per_dim <= 1.0
         True
     """
 
@@ -515,29 +542,20 @@ class MixtureOfBernoullis(_EMBaseline):
         return {"x": x}
 
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
-        labels = _kmeanspp_labels(data["x"], self.n_components, g)
-        resp = torch.nn.functional.one_hot(labels, self.n_components).to(data["x"].dtype)
-        return self._m_step(data, {}, resp)
+        return self._m_step(data, {}, self._kmeanspp_resp(data["x"], g))
 
     def _m_step(self, data: dict, p: dict, resp: Tensor) -> dict[str, Tensor]:
-        x = data["x"]
-        nk = resp.sum(0) + 10 * torch.finfo(x.dtype).eps
-        probs = ((resp.T @ x) / nk[:, None]).clamp(self.min_prob, 1 - self.min_prob)
+        nk = self._counts(resp)
+        probs = ((resp.T @ data["x"]) / nk[:, None]).clamp(self.min_prob, 1 - self.min_prob)
         return {"weights": nk / nk.sum(), "probs": probs}
 
-    @staticmethod
-    def _weighted_log_prob(x: Tensor, p: dict) -> Tensor:
+    def _weighted_log_prob(self, x: Tensor, p: dict, feats: Tensor | None = None) -> Tensor:
         log_p, log_q = p["probs"].log(), torch.log1p(-p["probs"])
         return p["weights"].log() + x @ (log_p - log_q).T + log_q.sum(1)
 
-    def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
-        wlp = self._weighted_log_prob(data["x"], p)
-        norm = torch.logsumexp(wlp, 1)
-        return float(norm.mean()), (wlp - norm[:, None]).exp()
-
     def _log_prob(self, x: Tensor, p: dict) -> Tensor:
         self._check_binary(x, "mob.log_prob")
-        return torch.logsumexp(self._weighted_log_prob(x, p), 1)
+        return super()._log_prob(x, p)
 
     def evaluate(self, x: Any, levels: int | None = None) -> LogLikelihood:
         if levels is not None:
@@ -545,7 +563,7 @@ class MixtureOfBernoullis(_EMBaseline):
         return super().evaluate(x)
 
 
-BASELINES: dict[str, Callable[..., _EMBaseline]] = {
+BASELINES: dict[str, Callable[..., EMBaseline]] = {
     "ppca": PPCA,
     "fa": FactorAnalysis,
     "gmm": functools.partial(GaussianMixture, covariance="diag"),
@@ -554,11 +572,11 @@ BASELINES: dict[str, Callable[..., _EMBaseline]] = {
 }
 
 
-def make_baseline(name: str, n_components: int, **kwargs: Any) -> _EMBaseline:
-    """Build a baseline by registry name (see :data:`BASELINES`).
+def make_baseline(name: str, n_components: int, **kwargs: Any) -> EMBaseline:
+    """Build a baseline by registry name (a key of :data:`BASELINES`).
 
     Example:
-        >>> make_baseline("gmm_full", 3).name
+        >>> make_baseline("gmm_full", 3, max_iter=50).name
         'gmm_full'
         >>> make_baseline("vae", 3)
         Traceback (most recent call last):

@@ -34,7 +34,7 @@ from .data import DataTransform, Dataset, iterate_minibatches, load_dataset
 from .importance import IWAE
 from .vae import VAE
 
-__all__ = ["FitResult", "fit", "build_vae", "build_transform", "build_objective", "load_run", "epoch_metrics"]
+__all__ = ["FitResult", "fit", "train_step", "build_vae", "build_transform", "build_objective", "load_run", "epoch_metrics"]
 
 
 @dataclass
@@ -126,6 +126,18 @@ def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform, fabri
         totals = fabric.all_reduce(totals, reduce_op="sum")
     recon, kl, n = totals.tolist()
     return {"elbo": (recon - kl) / n, "reconstruction": recon / n, "kl": kl / n}
+
+
+def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: torch.Tensor,
+               grad_clip: float | None = None) -> torch.Tensor:
+    """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update."""
+    loss = module(x, objective)
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if grad_clip:
+        fabric.clip_gradients(module, optimizer, max_norm=grad_clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
@@ -231,12 +243,7 @@ def fit(
             for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
                                              rank=fabric.global_rank, world_size=fabric.world_size):
                 vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
-                loss = module(transform(x_raw, train=True), objective)
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                if tc.grad_clip:
-                    fabric.clip_gradients(module, optimizer, max_norm=tc.grad_clip)
-                optimizer.step()
+                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True), tc.grad_clip)
                 if scheduler is not None:
                     scheduler.step()
                 global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
