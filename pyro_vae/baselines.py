@@ -1,24 +1,20 @@
 """Exact-likelihood baselines fitted by EM, reported in the same units as the VAE.
 
-Every model here has a closed-form marginal likelihood, so ``log_prob`` is exact (no
-Monte Carlo error) and ``evaluate`` returns the same :class:`~pyro_vae.stats.LogLikelihood`
-as the VAE evaluator: nats per datapoint, mean ± SE, bits/dim. A VAE that cannot beat
-a mixture of Bernoullis or a factor analyser is not learning much.
-
-Computation is vectorized torch in float64: MNIST log-likelihoods are sums of ~784
-terms of size up to ~10, and the EM monotonicity checks need more than float32's ~7
-digits. Inputs of shape ``(N, ...)`` are flattened to ``(N, D)``.
+Each model has a closed-form marginal likelihood, so ``log_prob`` is exact and
+``evaluate`` returns the same :class:`~pyro_vae.stats.LogLikelihood` as the VAE
+evaluator (nats/point, mean ± SE, bits/dim). Computation is vectorized torch in float64:
+MNIST log-likelihoods are sums of ~784 terms, and EM monotonicity checks need more than
+float32's ~7 digits. Inputs of shape ``(N, ...)`` are flattened to ``(N, D)``.
 
 Variances (noise variances, diagonal variances, covariance eigenvalues) are floored at
-``min_variance`` (absolute, in squared data units; default 1e-6, the size of
-scikit-learn's ``reg_covar``) inside every M-step. The clamped update is the exact
-constrained maximizer, so EM stays monotone, and constant pixels (MNIST's border)
-cannot send the likelihood to infinity. Unlike ``reg_covar``, which is *added* to every
-variance, a floor leaves well-estimated variances alone. Dequantize discrete data first
-(``(v + u) / levels``; the noise alone then has variance ``1 / (12 levels^2)``, 1.3e-6
-for 8-bit pixels) and pass ``levels`` to ``evaluate`` for bits/dim. A larger floor
-(e.g. 1e-3 for [0, 1] pixels) regularizes: lower train but often much higher test
-likelihood.
+``min_variance`` (absolute, squared data units; default 1e-6, the size of scikit-learn's
+``reg_covar``) in every M-step. The clamped update is the exact constrained maximizer,
+so EM stays monotone, and constant pixels (MNIST's border) cannot send the likelihood to
+infinity. Unlike ``reg_covar``, which is *added* to every variance, a floor leaves
+well-estimated variances alone. Dequantize discrete data first (``(v + u) / levels``:
+the noise alone has variance ``1 / (12 levels^2)``, 1.3e-6 for 8-bit pixels) and pass
+``levels`` to ``evaluate``. A larger floor (e.g. 1e-3 for [0, 1] pixels) regularizes:
+lower train but often much higher test likelihood.
 
 Example:
     >>> x = torch.randn(200, 5, generator=torch.Generator().manual_seed(0))
@@ -39,15 +35,7 @@ from torch import Tensor
 
 from pyro_vae.stats import LogLikelihood
 
-__all__ = [
-    "EMBaseline",
-    "PPCA",
-    "FactorAnalysis",
-    "GaussianMixture",
-    "MixtureOfBernoullis",
-    "BASELINES",
-    "make_baseline",
-]
+__all__ = ["EMBaseline", "PPCA", "FactorAnalysis", "GaussianMixture", "MixtureOfBernoullis", "BASELINES", "make_baseline"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _Model = TypeVar("_Model", bound="EMBaseline")
@@ -129,13 +117,7 @@ class EMBaseline:
     _param_names: tuple[str, ...] = ()
 
     def __init__(
-        self,
-        n_components: int,
-        *,
-        max_iter: int = 200,
-        tol: float = 1e-4,
-        n_restarts: int = 1,
-        seed: int = 0,
+        self, n_components: int, *, max_iter: int = 200, tol: float = 1e-4, n_restarts: int = 1, seed: int = 0,
         min_variance: float = 1e-6,
     ) -> None:
         if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
@@ -154,13 +136,8 @@ class EMBaseline:
             raise ValueError(f"{self.name}: {x.shape[0]} datapoints cannot support n_components={self.n_components}.")
 
     def fit(
-        self: _Model,
-        x: Any,
-        *,
-        max_iter: int | None = None,
-        tol: float | None = None,
-        n_restarts: int | None = None,
-        seed: int | None = None,
+        self: _Model, x: Any, *, max_iter: int | None = None, tol: float | None = None,
+        n_restarts: int | None = None, seed: int | None = None,
     ) -> _Model:
         """Fit by EM. Arguments left as ``None`` fall back to the constructor's values.
 
@@ -222,11 +199,8 @@ class EMBaseline:
                 are then those of a probability mass), else ``None``.
         """
         extra = {
-            "fit_seconds": self.fit_seconds,
-            "iterations": self.iterations,
-            "converged": self.converged,
-            "n_components": self.n_components,
-            "n_restarts": len(self.restart_log_likelihoods),
+            "fit_seconds": self.fit_seconds, "iterations": self.iterations, "converged": self.converged,
+            "n_components": self.n_components, "n_restarts": len(self.restart_log_likelihoods),
             "train_log_likelihood": self.history[-1] if self.history else float("nan"),
         }
         return LogLikelihood(self.name, self.log_prob(x), num_dims=self.num_dims, levels=levels, extra=extra)
@@ -322,14 +296,8 @@ class PPCA(_LowRankGaussian):
     name = "ppca"
 
     def fit(
-        self,
-        x: Any,
-        *,
-        method: str = "closed_form",
-        max_iter: int | None = None,
-        tol: float | None = None,
-        n_restarts: int | None = None,
-        seed: int | None = None,
+        self, x: Any, *, method: str = "closed_form", max_iter: int | None = None, tol: float | None = None,
+        n_restarts: int | None = None, seed: int | None = None,
     ) -> PPCA:
         """Fit by the closed-form MLE (eigendecomposition of S) or by EM from a random start.
 
@@ -563,12 +531,11 @@ class MixtureOfBernoullis(_Mixture):
         return super().evaluate(x)
 
 
+#: Registry of baseline constructors, ``name -> callable(n_components, **kwargs)``.
 BASELINES: dict[str, Callable[..., EMBaseline]] = {
-    "ppca": PPCA,
-    "fa": FactorAnalysis,
+    "ppca": PPCA, "fa": FactorAnalysis, "mob": MixtureOfBernoullis,
     "gmm": functools.partial(GaussianMixture, covariance="diag"),
     "gmm_full": functools.partial(GaussianMixture, covariance="full"),
-    "mob": MixtureOfBernoullis,
 }
 
 

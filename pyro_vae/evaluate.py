@@ -354,7 +354,7 @@ def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequ
     out["reconstruction"] = recon
     out["kl_analytic"] = torch.full((b,), float(kl_exact is not None), dtype=torch.float64)
 
-    rows = lw.double().T  # (B, K)
+    rows = lw.T.double().contiguous()  # (B, K); contiguous rows keep the reductions below fast
     out["log_px"] = logmeanexp(rows, dim=-1)
     sumsq = torch.softmax(rows, dim=-1).pow(2).sum(-1)
     out["ess"] = 1.0 / sumsq

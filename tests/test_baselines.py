@@ -30,11 +30,11 @@ def assert_monotone(history: list[float]) -> None:
 
 @pytest.fixture(scope="module")
 def low_rank() -> torch.Tensor:
-    """2000 points in 10-D from a 3-factor model with a clear spectral gap and anisotropic noise."""
+    """1000 points in 10-D from a 3-factor model with anisotropic noise (EM converges in a few hundred steps)."""
     g = torch.Generator().manual_seed(1)
-    w = torch.randn(10, 3, generator=g, dtype=torch.float64) * torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64)
-    z = torch.randn(2000, 3, generator=g, dtype=torch.float64)
-    noise = torch.randn(2000, 10, generator=g, dtype=torch.float64) * torch.linspace(0.2, 0.6, 10, dtype=torch.float64)
+    w = torch.randn(10, 3, generator=g, dtype=torch.float64) * torch.tensor([2.0, 1.5, 1.0], dtype=torch.float64)
+    z = torch.randn(1000, 3, generator=g, dtype=torch.float64)
+    noise = torch.randn(1000, 10, generator=g, dtype=torch.float64) * torch.linspace(0.5, 1.0, 10, dtype=torch.float64)
     return z @ w.T + noise + 4.0
 
 
@@ -119,11 +119,11 @@ def test_fa_matches_sklearn(low_rank):
     ours = FactorAnalysis(3, tol=1e-12, max_iter=20000).fit(low_rank)
     assert ours.converged
     assert_monotone(ours.history)
-    # sklearn's tol is on the summed log-likelihood: 1e-9 / 2000 points is as tight as ours.
+    # sklearn's tol is on the summed log-likelihood: 1e-9 / 1000 points is as tight as ours.
     sk = decomposition.FactorAnalysis(3, tol=1e-9, max_iter=20000, svd_method="lapack").fit(x)
-    # (b) both reach the same maximum (the likelihood is flat along psi, so psi agrees less tightly)
+    # (b) both reach the same maximum (the likelihood is flat in psi, so psi agrees less tightly)
     assert abs(ours.history[-1] - sk.score(x)) < 1e-6
-    np.testing.assert_allclose(ours.noise_variance.numpy(), sk.noise_variance_, rtol=1e-3)
+    np.testing.assert_allclose(ours.noise_variance.numpy(), sk.noise_variance_, rtol=2e-4)
     # (a) identical parameters give identical per-point log-likelihoods
     sk.mean_, sk.components_, sk.noise_variance_ = ours.mean.numpy(), ours.loadings.T.numpy(), ours.noise_variance.numpy()
     np.testing.assert_allclose(ours.log_prob(x).numpy(), sk.score_samples(x), rtol=0, atol=1e-8)

@@ -146,7 +146,12 @@ def test_unknown_likelihood_for_continuous_levels_errors():
 
 def test_ddp_two_cpu_processes_agree(tmp_path):
     """Two gloo ranks each train on their own shard; DDP keeps their parameters identical."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    import socket
+
+    with socket.socket() as sock:  # a free rendezvous port, so parallel runs cannot collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "--devices", "2", "--epochs", "2", "--latent-dim", "2",
            "--hidden", "16", "--batch-size", "128", "--out", str(tmp_path), "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
