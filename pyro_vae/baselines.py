@@ -76,8 +76,12 @@ def _gram(a: Tensor, blocks: int = 2) -> Tensor:
     return out
 
 
-def _kmeanspp_labels(x: Tensor, k: int, g: torch.Generator) -> Tensor:
-    """Hard labels from k-means++ seeding (Arthur & Vassilvitskii, 2007), used to start EM."""
+def _kmeans_labels(x: Tensor, k: int, g: torch.Generator, lloyd_iters: int = 10) -> Tensor:
+    """Hard labels from k-means++ seeding (Arthur & Vassilvitskii, 2007) and a few Lloyd steps.
+
+    The Lloyd steps cost about half an EM iteration each and, on MNIST, save more EM
+    iterations than they cost and reach better optima than seeding alone.
+    """
     x_sq = (x * x).sum(1)
     centers = [int(torch.randint(x.shape[0], (1,), generator=g))]
     d2 = (x_sq - 2 * x @ x[centers[0]] + x_sq[centers[0]]).clamp_min(0)
@@ -87,7 +91,16 @@ def _kmeanspp_labels(x: Tensor, k: int, g: torch.Generator) -> Tensor:
         centers.append(int(torch.multinomial(w, 1, generator=g)))
         d2 = torch.minimum(d2, (x_sq - 2 * x @ x[centers[-1]] + x_sq[centers[-1]]).clamp_min(0))
     c = x[centers]
-    return (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
+    labels = (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
+    for _ in range(lloyd_iters):
+        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)
+        counts = one_hot.sum(0)[:, None]
+        c = torch.where(counts > 0, (one_hot.T @ x) / counts.clamp_min(1), c)  # empty clusters keep their center
+        new = (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
+        if torch.equal(new, labels):
+            break
+        labels = new
+    return labels
 
 
 class EMBaseline:
@@ -372,8 +385,8 @@ class _Mixture(EMBaseline):
         # A tiny count keeps an emptied component finite instead of NaN (as scikit-learn does).
         return resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
 
-    def _kmeanspp_resp(self, x: Tensor, g: torch.Generator) -> Tensor:
-        labels = _kmeanspp_labels(x, self.n_components, g)
+    def _kmeans_resp(self, x: Tensor, g: torch.Generator) -> Tensor:
+        labels = _kmeans_labels(x, self.n_components, g)
         return torch.nn.functional.one_hot(labels, self.n_components).to(x.dtype)
 
 
@@ -383,7 +396,8 @@ class GaussianMixture(_Mixture):
     Args:
         covariance: ``"diag"`` or ``"full"``. Full covariances have their eigenvalues
             clamped at ``min_variance`` in every M-step (the exact constrained maximizer).
-        init: ``"kmeans++"`` (hard k-means++ seeding) or ``"random"`` (random responsibilities).
+        init: ``"kmeans++"`` (k-means++ seeding, refined by up to 10 Lloyd steps, as hard
+            responsibilities) or ``"random"`` (random responsibilities).
             Other arguments as for :class:`EMBaseline`.
 
     Fitted attributes: ``weights`` (K,), ``means`` (K, D), ``covariances`` (K, D) or (K, D, D).
@@ -424,7 +438,7 @@ class GaussianMixture(_Mixture):
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
         x = data["x"]
         if self.init == "kmeans++":
-            return self._m_step(data, {}, self._kmeanspp_resp(x, g))
+            return self._m_step(data, {}, self._kmeans_resp(x, g))
         resp = torch.rand(x.shape[0], self.n_components, generator=g, dtype=x.dtype).to(x.device)
         return self._m_step(data, {}, resp / resp.sum(1, keepdim=True))
 
@@ -473,7 +487,8 @@ class MixtureOfBernoullis(_Mixture):
         min_prob: Pixel probabilities are clamped to ``[min_prob, 1 - min_prob]`` in every
             M-step (the exact constrained maximizer, so EM stays monotone); otherwise a pixel
             never on in training gives any test image with it on probability 0. Other
-            arguments as for :class:`EMBaseline`; initialization is k-means++ (Hamming).
+            arguments as for :class:`EMBaseline` (``min_variance`` is unused); initialization is
+            k-means (Hamming distance).
 
     Fitted attributes: ``weights`` (K,), ``probs`` (K, D). ``log_prob`` is a probability
     mass: evaluate with ``levels=None``.
@@ -510,7 +525,7 @@ class MixtureOfBernoullis(_Mixture):
         return {"x": x}
 
     def _init(self, data: dict, g: torch.Generator, restart: int) -> dict[str, Tensor]:
-        return self._m_step(data, {}, self._kmeanspp_resp(data["x"], g))
+        return self._m_step(data, {}, self._kmeans_resp(data["x"], g))
 
     def _m_step(self, data: dict, p: dict, resp: Tensor) -> dict[str, Tensor]:
         nk = self._counts(resp)

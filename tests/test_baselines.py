@@ -191,6 +191,7 @@ def test_gmm_restarts_keep_best_and_seed_is_deterministic(digits):
     model = GaussianMixture(5, max_iter=20, n_restarts=3, seed=7).fit(x)
     assert len(model.restart_log_likelihoods) == 3
     assert model.history[-1] == max(model.restart_log_likelihoods)
+    assert model.log_prob(x).mean().item() == pytest.approx(model.history[-1], abs=1e-9)
     again = GaussianMixture(5, max_iter=20, n_restarts=3, seed=7).fit(x)
     torch.testing.assert_close(again.means, model.means, rtol=0, atol=0)
 
