@@ -128,9 +128,14 @@ class Evaluation:
         return None if self.unit_variance is None else int((self.unit_variance > ACTIVE_THRESHOLD).sum())
 
     @property
+    def unreliable(self) -> Tensor:
+        """Per-point flag: ``k̂ > 0.7``, the IS estimate of that point cannot be trusted."""
+        return self.khat > KHAT_THRESHOLD
+
+    @property
     def frac_unreliable(self) -> float:
-        """Fraction of points with ``k̂ > 0.7`` (NaN k̂ count as reliable-unknown, not flagged)."""
-        return (self.khat > KHAT_THRESHOLD).double().mean().item()
+        """Fraction of points flagged :attr:`unreliable` (a NaN k̂, K too small, is not flagged)."""
+        return self.unreliable.double().mean().item()
 
     def _figure(self, values: Tensor, mc_se: Tensor) -> dict[str, float]:
         out = mean_se(values)
@@ -263,10 +268,11 @@ def _fused_bernoulli(vae: Any) -> bool:
 def _log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     """``log p(x_i | z_ki)`` of shape ``(k, B)`` for ``z`` of shape ``(k, B, d)``, in blocks.
 
-    Decoding per block of about :data:`BLOCK_ELEMENTS` outputs keeps memory small and
-    the elementwise work in cache. A Bernoulli is scored as ``x·l - softplus(l)`` with
-    logits ``l``: one matrix-vector product and one softplus pass, where torch's
-    ``binary_cross_entropy_with_logits`` makes four full-size temporaries.
+    Decoding per block of about :data:`BLOCK_ELEMENTS` outputs keeps memory small (the
+    chunk's decoder output never exists at once) while the matmuls stay large. A
+    Bernoulli is scored as ``x·l - softplus(l)`` with logits ``l``: one matrix-vector
+    product and one softplus pass, where torch's ``binary_cross_entropy_with_logits``
+    makes four full-size temporaries.
     """
     k, b = z.shape[:2]
     fused = _fused_bernoulli(vae)
@@ -489,6 +495,8 @@ def evaluate(
     if total == 0:
         raise ValueError("evaluate needs at least one datapoint, got an empty tensor.")
     rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+    if total < world:  # checked on every rank alike: an empty rank would hang the others in all_gather
+        raise ValueError(f"{total} points cannot be sharded over {world} processes; use fewer processes.")
     params = list(vae.parameters()) if hasattr(vae, "parameters") else []
     device = fabric.device if fabric is not None else (params[0].device if params else x.device)
     shard = x[rank::world].to(device)
@@ -508,18 +516,17 @@ def evaluate(
     keys = parts[0].keys() if parts else ()
     per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
     if world > 1:
-        if not per_point:  # a rank with no points still has to join every all_gather
-            raise ValueError(f"{total} points cannot be sharded over {world} processes; use fewer processes.")
         per_point = {key: _gather(fabric, v, total).cpu() for key, v in per_point.items()}
     per_point = {key: v.cpu() for key, v in per_point.items()}
 
     unit_variance = kl_dims = None
     if "post_mean" in per_point:
-        unit_variance = per_point["post_mean"].var(0, unbiased=total > 1) if total > 1 else torch.zeros(per_point["post_mean"].shape[1], dtype=torch.float64)
+        means = per_point["post_mean"]
+        unit_variance = means.var(0) if total > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
         kl_dims = per_point["kl_dim"].mean(0)
         if torch.isnan(kl_dims).any():
             kl_dims = None
-        else:
+        elif rank == 0:  # every rank holds the gathered figures; one warning is enough
             _warn_collapse(kl_dims)
     return Evaluation(
         log_px=per_point["log_px"], mc_se=per_point["mc_se"], elbo=per_point["elbo"],

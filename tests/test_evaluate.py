@@ -270,14 +270,23 @@ def _sharded_worker(fabric, state: dict, x: torch.Tensor) -> dict:
     return {"log_px": ev.log_px.tolist(), "mc_se": ev.mc_se.tolist(), "kl": ev.kl.tolist(), "world_size": ev.world_size}
 
 
-def test_two_process_gloo_sharding_matches_unsharded():
+def test_two_process_gloo_sharding_matches_unsharded(monkeypatch):
+    import socket
+
     from lightning_fabric import Fabric
 
+    with socket.socket() as sock:  # a free rendezvous port, so parallel test runs cannot collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)  # read by the spawned ranks only
     vae, x, _ = linear_gaussian(orthogonal=False, exact_guide=False)
     x = x[:23]  # not a multiple of the world size: exercises the padding
     try:
         fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp_spawn")
         out = fabric.launch(_sharded_worker, vae.state_dict(), x)
+    except torch.multiprocessing.ProcessRaisedException:
+        raise  # a Python error inside a rank is a real failure
     except Exception as e:  # noqa: BLE001 - no spawn/gloo on this machine is not a failure of evaluate
         pytest.skip(f"cannot spawn a 2-process gloo group here: {type(e).__name__}: {e}")
     plain = evaluate(vae, x, num_samples=2000, k_list=(1, 10), seed=0)
