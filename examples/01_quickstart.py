@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,7 +44,7 @@ def main() -> None:
         "train": {"epochs": args.epochs, "batch_size": 128, "lr": 1e-3, "seed": args.seed},
     }
     # run_dir=None: keep everything in memory; this script writes its own files below.
-    result = fit(config, run_dir=None, progress=not args.smoke)
+    result = fit(config, run_dir=None, progress=not args.smoke and sys.stderr.isatty())
     vae, transform, dataset = result.vae, result.transform, result.dataset
     last = result.history[-1]
     print(f"trained {len(result.history)} epochs on {dataset!r}")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -43,8 +44,10 @@ def load(name: str, smoke: bool) -> Dataset:
             dataset = load_dataset("digits")
     else:
         dataset = load_dataset(name)
-    if smoke:  # a slice of the training split: the same code path in a fraction of the time
-        dataset = dataclasses.replace(dataset, train=dataset.train[:1000], train_labels=dataset.train_labels[:1000])
+    if smoke:  # slices of every split: the same code path in a fraction of the time
+        sizes = {"train": 500, "val": 200, "test": 200}
+        dataset = dataclasses.replace(dataset, **{f"{s}{k}": getattr(dataset, f"{s}{k}")[:n] for s, n in sizes.items()
+                                                  for k in ("", "_labels")})
     return dataset
 
 
@@ -72,7 +75,7 @@ def main() -> None:
         "train": {"epochs": args.epochs, "batch_size": 100, "lr": 1e-3, "seed": args.seed, "objective": args.objective,
                   "num_particles": args.k_train if args.objective == "iwae" else 1},
     }
-    result = fit(config, run_dir=None, progress=not args.smoke, dataset=dataset)
+    result = fit(config, run_dir=None, progress=not args.smoke and sys.stderr.isatty(), dataset=dataset)
     vae, transform = result.vae, result.transform
     print(f"{dataset!r}: {transform.describe()}")
     print(f"trained {len(result.history)} epochs ({args.objective}), "
