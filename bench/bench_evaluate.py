@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -86,6 +87,7 @@ def eval_worker(state_path: str, which: str, samples: int, threads: int, profile
 
         prof = cProfile.Profile()
         prof.enable()
+    load_before = os.getloadavg()[0]
     tic = time.perf_counter()
     ev = evaluate(vae, x, num_samples=samples, k_list=K_LIST, levels=transform.density_levels, seed=0)
     seconds = time.perf_counter() - tic
@@ -101,6 +103,7 @@ def eval_worker(state_path: str, which: str, samples: int, threads: int, profile
     return {"points": len(x), "samples": samples, "seconds": seconds, "decoder_gflops": gflops,
             "matmul_peak_gflops": peak, "ratio": gflops / peak, "rss_before_mib": rss_before,
             "peak_rss_mib": rss_after, "rss_delta_mib": rss_after - rss_before,
+            "load_average_1min": [load_before, os.getloadavg()[0]],
             "report": ev.to_dict(), "summary": ev.summary(), "profile": profile_text}
 
 
@@ -139,11 +142,14 @@ def main() -> None:
           f"({train_seconds:.1f} s), {args.threads} threads, {platform.processor() or platform.machine()}")
     print(f"final val ELBO during training: {result.history[-1]['val_elbo']:.2f} nats\n")
     print(test["summary"])
-    print(f"\n{'setting':<28}{'wall s':>9}{'GFLOP/s':>10}{'mm peak':>10}{'ratio':>8}{'peak RSS MiB':>14}{'Δ RSS MiB':>11}")
+    print(f"\n{'setting':<26}{'wall s':>8}{'GFLOP/s':>9}{'mm peak':>9}{'ratio':>7}{'peak RSS MiB':>14}{'Δ RSS MiB':>11}"
+          f"{'load (1 min)':>15}")
     for name, r in (("2000 test pts, K=%d" % args.samples, test), ("10000 pts, K=%d" % args.samples, full)):
         if r is not None:
-            print(f"{name:<28}{r['seconds']:>9.1f}{r['decoder_gflops']:>10.1f}{r['matmul_peak_gflops']:>10.1f}"
-                  f"{r['ratio']:>8.2f}{r['peak_rss_mib']:>14.0f}{r['rss_delta_mib']:>11.0f}")
+            load = "{:.1f} -> {:.1f}".format(*r["load_average_1min"])
+            print(f"{name:<26}{r['seconds']:>8.1f}{r['decoder_gflops']:>9.1f}{r['matmul_peak_gflops']:>9.1f}"
+                  f"{r['ratio']:>7.2f}{r['peak_rss_mib']:>14.0f}{r['rss_delta_mib']:>11.0f}{load:>15}")
+    print(f"(this machine has {os.cpu_count()} CPUs; a load above that means other processes shared them)")
     if test["profile"]:
         print("\ncProfile (2000 points, by own time):\n" + test["profile"])
     goals = {"ratio_goal": 0.5, "ratio_met": test["ratio"] >= 0.5,

@@ -12,9 +12,11 @@ Three comparisons on test digits:
    measure the pixel-space steps. ``max step / mean step`` is 1 for a path of uniform
    speed and large when the picture jumps; ``length / distance`` is 1 for a straight path.
 3. Sampling: decode ``z ~ N(0, I)`` with both decoders. Nothing ties the autoencoder's
-   codes to N(0, I) (their spread is printed), so its "samples" land where the decoder
-   never trained. Scored by the distance of each decoded sample to its nearest training
-   image, relative to the same distance for real test images (1 = as close as real data).
+   codes to N(0, I): their location and spread are whatever training left (printed), so
+   prior draws reach codes its decoder never saw, and how far off they land depends on
+   the run. The KL term is what pulls the VAE's codes onto the prior. Scored by the
+   distance of each decoded sample to its nearest training image, relative to the same
+   distance for real test images (1 = as close to the data as real digits).
 
 Run::
 
@@ -140,13 +142,12 @@ def main() -> None:
             plots.image_grid(plots.to_images(samples[name][:64], vae), 8, ax, f"{name}: decoded z ~ N(0, I)")
         fig.savefig(args.out / "prior_samples.png", dpi=120, bbox_inches="tight")
 
-        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2))  # codes vs prior in the first two latent dims
+        fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), sharex=True, sharey=True)  # codes vs prior, first two dims
         for ax, name in zip(axes, decoders):
             ax.scatter(*z_prior[:, :2].T, s=4, color="0.6", label="z ~ N(0, I)")
             ax.scatter(*codes[name][:2000, :2].T, s=4, alpha=0.5, c=dataset.train_labels[:2000], cmap="tab10", label="codes")
             ax.set_title(f"{name}: {'encoder outputs' if name == 'AE' else 'posterior means'} vs prior", fontsize=9)
-            ax.set_xlabel("$z_0$")
-            ax.set_ylabel("$z_1$")
+            ax.set(xlabel="$z_0$", ylabel="$z_1$")
             ax.legend(fontsize=7)
             ax.grid(alpha=0.3)
         fig.tight_layout()

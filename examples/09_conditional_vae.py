@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny net, 1 epoch, K=10 on 100 points")
     parser.add_argument("--out", type=Path, default=Path("examples/out/09_conditional_vae"))
     parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, digits")
-    parser.add_argument("--latent-dim", type=int, default=8)
+    # A small z leaves the class to the label: with a large z the decoder can learn to ignore y.
+    parser.add_argument("--latent-dim", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--samples", type=int, default=200, help="K for log p(x | y)")
     args = parser.parse_args()

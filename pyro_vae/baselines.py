@@ -25,10 +25,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -76,6 +77,31 @@ def _gram(a: Tensor, blocks: int = 2) -> Tensor:
     return out
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """Temporarily cap torch's (process-wide) intra-op thread count; ``None`` leaves it alone.
+
+    Loops of small LAPACK calls (k x k solves, one 784 x 784 eigendecomposition) gain nothing
+    from a second thread, and on a busy machine every thread barrier can stall for a
+    scheduler tick: we measured a 50 x 50 solve at 16 ms and a 784 x 784 ``eigh`` at up to
+    11 s with 2 threads, against a steady 0.1-0.15 s for the eigh with one.
+    """
+    old = torch.get_num_threads()
+    if n is None or n >= old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
+    with _torch_threads(1 if a.device.type == "cpu" else None):
+        return torch.linalg.eigh(a)
+
+
 def _kmeans_labels(x: Tensor, k: int, g: torch.Generator, lloyd_iters: int = 10) -> Tensor:
     """Hard labels from k-means++ seeding (Arthur & Vassilvitskii, 2007) and a few Lloyd steps.
 
@@ -84,19 +110,19 @@ def _kmeans_labels(x: Tensor, k: int, g: torch.Generator, lloyd_iters: int = 10)
     """
     x_sq = (x * x).sum(1)
     centers = [int(torch.randint(x.shape[0], (1,), generator=g))]
-    d2 = (x_sq - 2 * x @ x[centers[0]] + x_sq[centers[0]]).clamp_min(0)
+    d2 = (x_sq - 2 * (x @ x[centers[0]]) + x_sq[centers[0]]).clamp_min(0)
     for _ in range(1, k):
         # Uniform fallback once every point coincides with a center (duplicated data).
         w = d2.cpu() if d2.sum() > 0 else torch.ones(x.shape[0], dtype=torch.float64)
         centers.append(int(torch.multinomial(w, 1, generator=g)))
-        d2 = torch.minimum(d2, (x_sq - 2 * x @ x[centers[-1]] + x_sq[centers[-1]]).clamp_min(0))
+        d2 = torch.minimum(d2, (x_sq - 2 * (x @ x[centers[-1]]) + x_sq[centers[-1]]).clamp_min(0))
     c = x[centers]
-    labels = (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
+    labels = (x_sq[:, None] - 2 * (x @ c.T) + (c * c).sum(1)).argmin(1)
     for _ in range(lloyd_iters):
-        one_hot = torch.nn.functional.one_hot(labels, k).to(x.dtype)
-        counts = one_hot.sum(0)[:, None]
-        c = torch.where(counts > 0, (one_hot.T @ x) / counts.clamp_min(1), c)  # empty clusters keep their center
-        new = (x_sq[:, None] - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        counts = torch.bincount(labels, minlength=k).to(x.dtype)[:, None]
+        c = torch.where(counts > 0, sums / counts.clamp_min(1), c)  # empty clusters keep their center
+        new = (x_sq[:, None] - 2 * (x @ c.T) + (c * c).sum(1)).argmin(1)
         if torch.equal(new, labels):
             break
         labels = new
@@ -128,6 +154,7 @@ class EMBaseline:
 
     name = "baseline"
     _param_names: tuple[str, ...] = ()
+    _em_threads: int | None = None  # thread cap for the EM loop (after _prepare)
 
     def __init__(
         self, n_components: int, *, max_iter: int = 200, tol: float = 1e-4, n_restarts: int = 1, seed: int = 0,
@@ -171,20 +198,21 @@ class EMBaseline:
         data = self._prepare(x)
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
         best, self.restart_log_likelihoods = None, []
-        for restart in range(n_restarts):
-            p = self._init(data, g, restart)
-            ll, aux = self._e_step(data, p)
-            history, converged = [ll], False
-            for _ in range(max_iter):
-                p = self._m_step(data, p, aux)
+        with _torch_threads(self._em_threads if x.device.type == "cpu" else None):
+            for restart in range(n_restarts):
+                p = self._init(data, g, restart)
                 ll, aux = self._e_step(data, p)
-                history.append(ll)
-                if abs(history[-1] - history[-2]) < tol:
-                    converged = True
-                    break
-            self.restart_log_likelihoods.append(history[-1])
-            if best is None or history[-1] > best[1][-1]:
-                best = (p, history, converged)
+                history, converged = [ll], False
+                for _ in range(max_iter):
+                    p = self._m_step(data, p, aux)
+                    ll, aux = self._e_step(data, p)
+                    history.append(ll)
+                    if abs(history[-1] - history[-2]) < tol:
+                        converged = True
+                        break
+                self.restart_log_likelihoods.append(history[-1])
+                if best is None or history[-1] > best[1][-1]:
+                    best = (p, history, converged)
         self._finish(x, *best, start)
         return self
 
@@ -224,6 +252,7 @@ class _LowRankGaussian(EMBaseline):
 
     _param_names = ("mean", "loadings", "noise_variance")
     _isotropic = True
+    _em_threads = 1  # iterations are O(D^2 k) flops in small calls (see _torch_threads)
 
     def _check_fit_data(self, x: Tensor) -> None:
         n, d = x.shape
@@ -269,7 +298,7 @@ class _LowRankGaussian(EMBaseline):
 
     def _closed_form(self, data: dict) -> dict[str, Tensor]:
         s, k = data["s"], self.n_components
-        evals, evecs = torch.linalg.eigh(s)
+        evals, evecs = _eigh(s)
         top, u = evals.flip(0)[:k], evecs.flip(1)[:, :k]
         # Tipping & Bishop (1999): sigma^2 is the mean of the discarded eigenvalues (via the trace).
         sigma2 = ((s.diagonal().sum() - top.sum()) / (s.shape[0] - k)).clamp_min(self.min_variance)
@@ -454,11 +483,12 @@ class GaussianMixture(_Mixture):
         cov = torch.empty(self.n_components, d, d, dtype=x.dtype, device=x.device)
         eye = torch.eye(d, dtype=x.dtype, device=x.device)
         for k in range(self.n_components):  # the (D, N) x (N, D) product per component dominates
-            cov[k] = _gram((x - means[k]) * (resp[:, k] / nk[k]).sqrt()[:, None])
+            centered = x - means[k]
+            cov[k] = _gram(centered.mul_((resp[:, k] / nk[k]).sqrt()[:, None]))  # in place: one less N x D pass
             # Cholesky of cov - floor*I succeeds iff every eigenvalue exceeds the floor: the clamp
             # is then a no-op and the (much slower) eigendecomposition can be skipped.
             if torch.linalg.cholesky_ex(cov[k] - floor * eye).info != 0:
-                evals, evecs = torch.linalg.eigh(cov[k])
+                evals, evecs = _eigh(cov[k])
                 clamped = (evecs * evals.clamp_min(floor)) @ evecs.T
                 cov[k] = 0.5 * (clamped + clamped.T)
         return {"weights": nk / nk.sum(), "means": means, "covariances": cov}
@@ -475,7 +505,7 @@ class GaussianMixture(_Mixture):
             maha = torch.empty(x.shape[0], self.n_components, dtype=x.dtype, device=x.device)
             for k in range(self.n_components):
                 y = torch.linalg.solve_triangular(chol[k], (x - means[k]).T, upper=False)
-                maha[:, k] = (y * y).sum(0)
+                maha[:, k] = y.square_().sum(0)
             logdet = 2 * chol.diagonal(dim1=1, dim2=2).log().sum(1)
         return p["weights"].log() - 0.5 * (x.shape[1] * _LOG_2PI + logdet + maha)
 

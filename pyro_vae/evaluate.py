@@ -43,7 +43,6 @@ from typing import Any, Iterator, Sequence
 
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .importance import weight_terms
@@ -58,7 +57,9 @@ ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Var_x E_q[z_u] exce
 COLLAPSE_KL = 0.01  # nats: below it a latent dimension carries (almost) no information
 MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
 BLOCK_ELEMENTS = 2**22  # decoder outputs per fused block (16 MB): big enough for efficient matmuls, small in memory
-MC_KL_SAMPLES = 256  # draws for per-dimension KL when there is no analytic formula
+PIECE_ELEMENTS = 2**20  # logits per elementwise pass (4 MB): cache-resident
+MC_KL_SAMPLES = 256
+CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to float32 precision  # draws for per-dimension KL when there is no analytic formula
 
 
 class PosteriorCollapseWarning(UserWarning):
@@ -79,7 +80,7 @@ class Evaluation:
         iwae: ``{k: L_k per point}`` for each evaluated ``k`` (``k = 1``: plain MC ELBO).
         iwae_mc_se: ``{k: Monte Carlo standard error of L_k per point}``.
         khat: PSIS Pareto shape per point (NaN when ``K`` is too small to fit a tail,
-            ``-inf`` when all weights are equal: no tail at all).
+            ``-inf`` when all weights are equal to float precision: no tail at all).
         ess: Effective sample size ``1 / sum wbar²`` per point, in ``[1, K]``.
         unit_variance: ``Var_x E_q[z_u]`` per latent dimension, or ``None``.
         kl_per_dim: Mean KL per latent dimension, or ``None`` if the prior allows no marginal.
@@ -291,11 +292,32 @@ def _log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
             zb = zt[i0:i1, s0:s1].contiguous()
             if fused:
                 logits = vae.decoder(zb).reshape(i1 - i0, s1 - s0, -1)
-                xl = torch.bmm(logits, x_flat[i0:i1].unsqueeze(-1)).squeeze(-1)
-                out[i0:i1, s0:s1] = xl - F.softplus(logits).sum(-1)
+                out[i0:i1, s0:s1] = _bernoulli_log_prob(logits, x_flat[i0:i1])
             else:
                 out[i0:i1, s0:s1] = vae.decode(zb).log_prob(x[i0:i1].unsqueeze(1))
     return out.T
+
+
+def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
+    """``sum_j x_j l_j - softplus(l_j)``: logits ``(p, s, D)`` of ``p`` points ``x`` ``(p, D)`` -> ``(p, s)``.
+
+    ``softplus(l) = max(l, 0) + log(1 + exp(-|l|))`` with torch's vectorized ``exp`` and
+    ``log`` runs ~6x faster than ``F.softplus``. Pieces of :data:`PIECE_ELEMENTS` keep
+    its passes (and the ``x·l`` product) in cache, and cover several points at once when
+    ``D`` is small, so there are few ops to launch. ``1 + u`` rounds away ``u < 6e-8``:
+    at most 5e-5 nats over 784 pixels, far below any Monte Carlo error.
+    """
+    p, s, d = logits.shape
+    rows = max(1, PIECE_ELEMENTS // d)
+    points, samples = max(1, rows // s), min(s, rows)  # a piece is contiguous: whole points or one point's run
+    out = logits.new_empty(p, s)
+    for j0 in range(0, p, points):
+        for t0 in range(0, s, samples):
+            piece = logits[j0 : j0 + points, t0 : t0 + samples]
+            xl = torch.bmm(piece, x[j0 : j0 + points].unsqueeze(-1)).squeeze(-1)
+            tail = piece.abs().neg_().exp_().add_(1.0).log_().sum(-1)
+            out[j0 : j0 + points, t0 : t0 + samples] = xl - piece.clamp(min=0).sum(-1) - tail
+    return out
 
 
 def _chunk_terms(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: bool) -> tuple[Tensor, Tensor]:
@@ -303,10 +325,14 @@ def _chunk_terms(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: bool) -
     if not fused:
         terms = weight_terms(vae.model, vae.guide, x, num_samples=k)
         return terms.log_lik, terms.log_weight
-    # Same draws, in the same order, as the guide traced in a particle plate would make.
-    z = q.rsample((k,))
+    # Normal.rsample's own recipe, so these are the draws the traced guide would make; with
+    # the noise at hand, log q(z|x) needs no (z - loc)² pass over the draws.
+    loc, scale = q.base_dist.loc, q.base_dist.scale
+    eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
+    z = loc + eps * scale
+    log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
     log_lik = _log_lik_blocks(vae, z, x)
-    return log_lik, log_lik + prior.log_prob(z) - q.log_prob(z)
+    return log_lik, log_lik + prior.log_prob(z) - log_q
 
 
 def _delta_se(lw: Tensor) -> Tensor:
@@ -316,17 +342,20 @@ def _delta_se(lw: Tensor) -> Tensor:
 
 
 def _psis_khat(lw: Tensor) -> Tensor:
-    import arviz as az
-
     with warnings.catch_warnings():
-        # arviz may warn about large k̂; we report k̂ ourselves.
+        # arviz may warn about large k̂ (we report k̂ ourselves) and about its own refactor.
         warnings.simplefilter("ignore")
+        import arviz as az
+
         _, khat = az.psislw(lw.detach().cpu().double().numpy(), reff=1.0)
     khat = torch.as_tensor(khat, dtype=torch.float64).reshape(lw.shape[0])
-    # arviz returns inf when it cannot fit a tail: with all-equal weights there is no tail
-    # (the estimate is exact, k̂ = -inf); otherwise K is too small to tell (NaN).
-    spread = (lw.max(-1).values - lw.min(-1).values).double().cpu()
-    return torch.where(torch.isfinite(khat), khat, torch.where(spread == 0, -math.inf, math.nan))
+    # Weights equal to float32 precision (an exact posterior) have no tail: a Pareto fit
+    # to rounding noise means nothing, and the estimate is exact, so k̂ = -inf. Otherwise
+    # arviz's inf means K was too small to fit a tail (NaN: unknown).
+    top = lw.max(-1).values.double().cpu()
+    spread = top - lw.min(-1).values.double().cpu()
+    constant = spread <= CONSTANT_SPREAD * top.abs().clamp(min=1.0)
+    return torch.where(constant, -math.inf, torch.where(torch.isfinite(khat), khat, math.nan))
 
 
 def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
@@ -392,6 +421,30 @@ def _kl_per_dim(q: Any, prior: Any) -> Tensor:
     if log_p is None:
         return torch.full(q.mean.shape, math.nan, dtype=torch.float64, device=q.mean.device)
     return (base_q.log_prob(z) - log_p).double().mean(0)
+
+
+def _libc_malloc_trim() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap memory to the OS between batches (glibc only).
+
+    glibc raises its mmap threshold to the largest block freed so far, so the decoder's
+    16 MB blocks end up in the heap; small results allocated between them pin it, and
+    without a trim the resident size grew by ~30 MB per batch (3 GB for 10 000 points
+    at K=5000) although nothing was alive.
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 # --------------------------------------------------------------------------- public API
@@ -513,6 +566,7 @@ def evaluate(
             torch.manual_seed(seed + rank)
         for start in range(0, len(shard), batch_size):
             parts.append(_score_batch(vae, shard[start : start + batch_size], num_samples, chunk, k_list, fused))
+            _release_freed_memory()
     keys = parts[0].keys() if parts else ()
     per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
     if world > 1:

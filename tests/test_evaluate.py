@@ -114,7 +114,7 @@ def test_exact_posterior_gives_constant_weights():
     assert ((ev.elbo - truth).abs() < 4 * ev.elbo_mc_se).all()
     assert ev.mc_se.max() < 1e-3
     assert (ev.ess > 0.999 * ev.num_samples).all()
-    assert (ev.khat < 0.5).all(), ev.khat
+    assert torch.isneginf(ev.khat).all(), ev.khat  # weights equal to float precision: no tail
     assert ev.frac_unreliable == 0.0
 
 
@@ -265,9 +265,14 @@ def test_fabric_world_one_matches_unsharded():
 def _sharded_worker(fabric, state: dict, x: torch.Tensor) -> dict:
     vae, _, _ = linear_gaussian(orthogonal=False, exact_guide=False)
     vae.load_state_dict(state)
-    ev = evaluate(vae, x, num_samples=2000, k_list=(1, 10), fabric=fabric, seed=0)
+    ev = evaluate(vae, x, num_samples=500, k_list=(1, 10), fabric=fabric, seed=0)
     # Plain lists: tensors would travel back through shared memory owned by an exiting process.
-    return {"log_px": ev.log_px.tolist(), "mc_se": ev.mc_se.tolist(), "kl": ev.kl.tolist(), "world_size": ev.world_size}
+    out = {"log_px": ev.log_px.tolist(), "mc_se": ev.mc_se.tolist(), "kl": ev.kl.tolist(), "world_size": ev.world_size}
+    # Tear gloo down before the rank exits: its threads left running abort the process
+    # ("terminate called without an active exception") in a fraction of runs.
+    fabric.barrier()
+    torch.distributed.destroy_process_group()
+    return out
 
 
 def test_two_process_gloo_sharding_matches_unsharded(monkeypatch):
@@ -289,7 +294,7 @@ def test_two_process_gloo_sharding_matches_unsharded(monkeypatch):
         raise  # a Python error inside a rank is a real failure
     except Exception as e:  # noqa: BLE001 - no spawn/gloo on this machine is not a failure of evaluate
         pytest.skip(f"cannot spawn a 2-process gloo group here: {type(e).__name__}: {e}")
-    plain = evaluate(vae, x, num_samples=2000, k_list=(1, 10), seed=0)
+    plain = evaluate(vae, x, num_samples=500, k_list=(1, 10), seed=0)
     out = {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v for k, v in out.items()}
     assert out["world_size"] == 2 and out["log_px"].shape == (23,)
     torch.testing.assert_close(out["kl"], plain.kl)  # deterministic per point: proves the order is restored
