@@ -40,14 +40,3 @@ class HandwrittenVAE(nn.Module):
         reconstruction = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
         kl = 0.5 * (scale.pow(2) + loc.pow(2) - 1 - 2 * scale.log()).sum()
         return reconstruction + kl
-
-    @torch.no_grad()
-    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """log p(x,z) - log q(z|x) for k draws per point, shape (N, k), for the shared evaluator."""
-        x = x.flatten(1)
-        loc, raw = self.encoder(x).chunk(2, dim=-1)
-        q = torch.distributions.Normal(loc, F.softplus(raw) + 1e-5)
-        z = q.sample((k,))
-        log_lik = -F.binary_cross_entropy_with_logits(self.decoder(z), x.expand(k, *x.shape), reduction="none").sum(-1)
-        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
-        return (log_lik + log_prior - q.log_prob(z).sum(-1)).T

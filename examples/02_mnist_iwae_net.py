@@ -22,7 +22,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -30,25 +29,15 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from pyro_vae import plots
-from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.data import Dataset, load_available
 from pyro_vae.evaluate import evaluate
 from pyro_vae.train import fit
 
 
 def load(name: str, smoke: bool) -> Dataset:
-    """``auto``: MNIST-10k if its files are on this machine (never downloads), else digits."""
-    if name == "auto":
-        try:
-            dataset = load_dataset("mnist10k", download=False)
-        except FileNotFoundError:
-            dataset = load_dataset("digits")
-    else:
-        dataset = load_dataset(name)
-    if smoke:  # slices of every split: the same code path in a fraction of the time
-        sizes = {"train": 500, "val": 200, "test": 200}
-        dataset = dataclasses.replace(dataset, **{f"{s}{k}": getattr(dataset, f"{s}{k}")[:n] for s, n in sizes.items()
-                                                  for k in ("", "_labels")})
-    return dataset
+    """MNIST-10k if present, else digits; smoke runs take slices of every split (same code path)."""
+    dataset = load_available(name)
+    return dataset.head(500, 200, 200) if smoke else dataset
 
 
 def main() -> None:

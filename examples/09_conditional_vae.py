@@ -32,7 +32,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 
 from pyro_vae import plots
-from pyro_vae.data import DataTransform, iterate_minibatches, load_dataset
+from pyro_vae.data import DataTransform, iterate_minibatches, load_available
 from pyro_vae.evaluate import evaluate
 from pyro_vae.likelihoods import resolve_likelihood
 from pyro_vae.nets import make_decoder, make_encoder
@@ -101,10 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.epochs, args.samples = 1, 10
-    try:
-        dataset = load_dataset("mnist10k", download=False) if args.data == "auto" else load_dataset(args.data)
-    except FileNotFoundError:
-        dataset = load_dataset("digits")
+    dataset = load_available(args.data)
     train_x, train_y = (dataset.train[:500], dataset.train_labels[:500]) if args.smoke else (dataset.train, dataset.train_labels)
     transform = DataTransform(dataset.levels, binarize="dynamic")  # fresh binarization per minibatch
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import math
 import os
 import pickle
 import tempfile
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,6 +41,7 @@ __all__ = [
     "FILE_EXTENSIONS",
     "BINARIZE_MODES",
     "load_dataset",
+    "load_available",
     "default_data_root",
     "DataTransform",
     "minibatch_indices",
@@ -128,6 +130,12 @@ class Dataset:
         if self.val_is_test:
             moved["val"], moved["val_labels"] = moved["test"], moved["test_labels"]
         return Dataset(self.name, **moved, levels=self.levels, event_shape=self.event_shape, val_is_test=self.val_is_test)
+
+    def head(self, train: int, val: int, test: int) -> Dataset:
+        """The first points of each split (e.g. for quick smoke runs of the same code path)."""
+        sizes = {"train": train, "val": val, "test": test}
+        return dataclasses.replace(self, **{f"{s}{k}": None if (t := getattr(self, f"{s}{k}")) is None else t[:n]
+                                            for s, n in sizes.items() for k in ("", "_labels")})
 
     def __repr__(self) -> str:
         # The dataclass default would print every tensor.
@@ -425,6 +433,20 @@ def load_dataset(name: str, root: str | None = None, download: bool = True, spli
 
 
 # --------------------------------------------------------------------------- transform
+
+def load_available(name: str = "auto") -> Dataset:
+    """``"auto"``: MNIST-10k when its files are on this machine (never downloads), else digits.
+
+    Any other name is passed to :func:`load_dataset`. Examples and benchmarks use this
+    so they run on real MNIST where it exists and offline everywhere else.
+    """
+    if name != "auto":
+        return load_dataset(name)
+    try:
+        return load_dataset("mnist10k", download=False)
+    except FileNotFoundError:
+        return load_dataset("digits")
+
 
 _PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64 without overflow.
 

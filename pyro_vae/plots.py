@@ -52,6 +52,14 @@ def image_grid(images: Tensor, nrow: int = 8, ax=None, title: str | None = None)
     return ax.figure
 
 
+def _finish(fig, ax, path: str | Path | None):
+    """The common ending of a single-axes chart: light grid, small legend, tight layout, save."""
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def _save(fig, path: str | Path | None):
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -146,10 +154,7 @@ def bound_vs_k(evaluation: "Evaluation", path: str | Path | None = None):
     ax.set_xlabel("k (importance samples per bound)")
     ax.set_ylabel("nats / point")
     ax.set_title(f"IWAE bound vs k (N={evaluation.num_points})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def khat_histogram(evaluation: "Evaluation", path: str | Path | None = None, threshold: float = 0.7):
@@ -165,10 +170,7 @@ def khat_histogram(evaluation: "Evaluation", path: str | Path | None = None, thr
     ax.set_ylabel("points")
     frac = (khat > threshold).double().mean().item()
     ax.set_title(f"PSIS $\\hat k$: {100 * frac:.1f}% of points > {threshold} (K={evaluation.num_samples})", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 def kl_per_dim(evaluation: "Evaluation", path: str | Path | None = None, collapse: float = 0.01):
@@ -185,10 +187,7 @@ def kl_per_dim(evaluation: "Evaluation", path: str | Path | None = None, collaps
         ax.set_title(f"latent units: {evaluation.active_units}/{len(var)} active", fontsize=10)
     ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xlabel("latent dimension")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _finish(fig, ax, path)
 
 
 # --------------------------------------------------------------------------- latent space

@@ -423,3 +423,22 @@ def test_minibatches_ranks_shard_the_data():
     assert [len(i) for i in idx] == [51, 51] and set(torch.cat(idx).tolist()) == set(range(101))
     with pytest.raises(ValueError):
         minibatch_indices(10, 2, seed=0, epoch=0, rank=2, world_size=2)
+
+
+def test_head_slices_every_split_and_keeps_pairs():
+    from pyro_vae.data import load_dataset
+
+    full = load_dataset("digits")
+    small = full.head(50, 20, 10)
+    assert (len(small.train), len(small.val), len(small.test)) == (50, 20, 10)
+    assert torch.equal(small.train, full.train[:50]) and torch.equal(small.test_labels, full.test_labels[:10])
+    assert small.levels == full.levels and small.event_shape == full.event_shape
+
+
+def test_load_available_falls_back_to_digits(monkeypatch, tmp_path):
+    from pyro_vae import data
+
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path))  # an empty root: no MNIST files anywhere it looks
+    monkeypatch.setattr(data, "_mnist10k_roots", lambda: [tmp_path])
+    assert data.load_available("auto").name == "digits"
+    assert data.load_available("digits").levels == 17
