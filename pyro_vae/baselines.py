@@ -77,6 +77,41 @@ def _gram(a: Tensor, blocks: int = 2) -> Tensor:
     return out
 
 
+def _covariance_float32(x: Tensor, mean: Tensor, block: int = 1024) -> Tensor:
+    """The ML covariance ``(x - mean)^T (x - mean) / N`` accumulated in float32.
+
+    Twice float64's BLAS rate, and on the CPU a symmetric rank-k update (``ssyrk``) does
+    half the flops of a matmul. Centering is done in float64 block by block, so a large
+    offset in the data costs no precision and no float64 copy of ``x`` is made.
+    """
+    n = x.shape[0]
+    centered = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for i in range(0, n, block):
+        centered[i : i + block] = x[i : i + block] - mean
+    if x.device.type != "cpu":
+        return centered.T @ centered / n
+    from scipy.linalg.blas import ssyrk  # scipy ships with scikit-learn
+
+    upper = torch.from_numpy(ssyrk(1.0 / n, centered.T.numpy(), trans=0, lower=0))  # .T is Fortran-ordered: no copy
+    return upper.triu() + upper.triu(1).T
+
+
+def _top_eigh_float32(s: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest eigenpairs (ascending, float64) of a symmetric float32 matrix.
+
+    On the CPU, LAPACK's ``ssyevr`` computes only the wanted subset: 3x faster than a
+    full decomposition of a 784 x 784 matrix.
+    """
+    if s.device.type != "cpu":
+        evals, evecs = torch.linalg.eigh(s)
+        return evals[-k:].double(), evecs[:, -k:].double()
+    from scipy.linalg import eigh
+
+    d = s.shape[0]
+    evals, evecs = eigh(s.numpy(), subset_by_index=[d - k, d - 1], driver="evr", check_finite=False)
+    return torch.from_numpy(evals).double(), torch.from_numpy(evecs).double()
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Temporarily cap torch's (process-wide) intra-op thread count; ``None`` leaves it alone.
@@ -296,9 +331,9 @@ class _LowRankGaussian(EMBaseline):
         psi = psi.mean() if self._isotropic else psi
         return {"mean": data["mean"], "loadings": w, "noise_variance": psi.clamp_min(self.min_variance)}
 
-    def _closed_form(self, data: dict) -> dict[str, Tensor]:
+    def _closed_form(self, data: dict, s32: Tensor | None = None) -> dict[str, Tensor]:
         s, k = data["s"], self.n_components
-        evals, evecs = _eigh(s)
+        evals, evecs = _eigh(s) if s32 is None else _top_eigh_float32(s32, k)
         top, u = evals.flip(0)[:k], evecs.flip(1)[:, :k]
         # Tipping & Bishop (1999): sigma^2 is the mean of the discarded eigenvalues (via the trace).
         sigma2 = ((s.diagonal().sum() - top.sum()) / (s.shape[0] - k)).clamp_min(self.min_variance)
@@ -339,13 +374,18 @@ class PPCA(_LowRankGaussian):
 
     def fit(
         self, x: Any, *, method: str = "closed_form", max_iter: int | None = None, tol: float | None = None,
-        n_restarts: int | None = None, seed: int | None = None,
+        n_restarts: int | None = None, seed: int | None = None, float32: bool | None = None,
     ) -> PPCA:
         """Fit by the closed-form MLE (eigendecomposition of S) or by EM from a random start.
 
         Args:
             x: Training data of shape ``(N, ...)``.
             method: ``"closed_form"`` (the EM arguments are then unused) or ``"em"``.
+            float32: Closed form only: accumulate S and decompose it in float32 (about 2x
+                faster). The log-likelihood is stationary at the MLE, so the rounding moves it
+                only to second order (on MNIST-10k: 3e-10 nats/point on average, < 1e-3 for
+                any point), and ``history`` is then computed from the float32 S. ``None``
+                uses float32 when ``N * D^2 >= 1e9`` (MNIST-sized data), where it pays.
         """
         if method == "em":
             return super().fit(x, max_iter=max_iter, tol=tol, n_restarts=n_restarts, seed=seed)
@@ -354,8 +394,16 @@ class PPCA(_LowRankGaussian):
         start = time.perf_counter()
         x = _as_data(x, "ppca.fit")
         self._check_fit_data(x)
-        data = self._prepare(x)
-        p = self._closed_form(data)
+        if float32 is None:
+            float32 = x.shape[0] * x.shape[1] ** 2 >= 1e9
+        if float32:
+            mean = x.mean(0)
+            s32 = _covariance_float32(x, mean)
+            data = {"mean": mean, "s": s32.double()}
+            p = self._closed_form(data, s32)
+        else:
+            data = self._prepare(x)
+            p = self._closed_form(data)
         self.restart_log_likelihoods = [self._e_step(data, p)[0]]
         self._finish(x, p, list(self.restart_log_likelihoods), True, start)
         return self

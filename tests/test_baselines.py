@@ -70,6 +70,16 @@ def test_ppca_log_prob_equals_brute_force_mvn(low_rank):
     assert model.history[-1] == pytest.approx(brute.mean().item(), abs=1e-9)
 
 
+def test_ppca_float32_closed_form_matches_float64():
+    g = torch.Generator().manual_seed(0)
+    x = 5.0 + torch.randn(2000, 40, generator=g, dtype=torch.float64) @ torch.randn(40, 40, generator=g, dtype=torch.float64)
+    exact, fast = PPCA(5).fit(x, float32=False), PPCA(5).fit(x, float32=True)
+    assert fast.noise_variance == pytest.approx(exact.noise_variance.item(), rel=1e-5)
+    # second order in the rounding: far tighter than the ~1e-6 relative error of S itself
+    assert fast.log_prob(x).mean().item() == pytest.approx(exact.history[-1], abs=1e-9)
+    assert fast.history[-1] == pytest.approx(exact.history[-1], abs=1e-4)
+
+
 def test_ppca_em_converges_to_closed_form(low_rank):
     exact = PPCA(3).fit(low_rank)
     em = PPCA(3).fit(low_rank, method="em", max_iter=5000, tol=1e-12, seed=3)
