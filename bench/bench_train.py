@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from handwritten_vae import HandwrittenVAE  # noqa: E402
 
-from pyro_vae.train import build_objective, train_step  # noqa: E402
+from pyro_vae.train import build_objective, build_optimizer, train_step  # noqa: E402
 from pyro_vae.config import TrainConfig  # noqa: E402
 from pyro_vae.vae import VAE  # noqa: E402
 
@@ -44,9 +44,10 @@ def time_pyro(setting: dict, batches: list[torch.Tensor], objective_name: str = 
     with pyro.settings.context(module_local_params=True):
         vae = VAE((1, 28, 28), setting["latent"], likelihood="bernoulli", hidden=setting["hidden"], activation=setting["activation"])
         vae.num_data = 8000
-        optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+        config = TrainConfig(objective=objective_name, lr=1e-3)
+        optimizer = build_optimizer(config, vae.parameters())  # as fit builds it
         module, optimizer = fabric.setup(vae, optimizer)
-        objective = build_objective(TrainConfig(objective=objective_name))
+        objective = build_objective(config)
         train_step(fabric, module, optimizer, objective, batches[0])  # warm-up
         tic = time.perf_counter()
         for x in batches:

@@ -556,7 +556,8 @@ class DataTransform:
         if self.binarize == "threshold":
             return (unit > 0.5).float()
         if self.binarize == "dynamic" and train:
-            return torch.bernoulli(unit)
+            # The same Bernoulli(unit) draw as torch.bernoulli, whose CPU kernel is 4x slower.
+            return (torch.rand_like(unit) < unit).to(unit.dtype)
         if self.binarize in ("dynamic", "static"):
             # Distinct salts so the static draw is not the same as dynamic's eval draw.
             return (self._uniform(x_raw, salt=1 if self.binarize == "static" else 2) < unit.double()).float()

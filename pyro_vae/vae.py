@@ -166,8 +166,7 @@ class VAE(PyroModule):
         # Exact types only: a subclass may change the estimator, a VAE subclass the model.
         return (
             type(objective) in (Trace_ELBO, TraceMeanField_ELBO)
-            and type(self).model is VAE.model
-            and type(self).guide is VAE.guide
+            and all(getattr(type(self), m) is getattr(VAE, m) for m in ("model", "guide", "encode", "decode"))
             and (objective.num_particles == 1 or objective.vectorize_particles)
         )
 
@@ -180,7 +179,7 @@ class VAE(PyroModule):
         k = objective.num_particles
         z = q.rsample((k,)) if k > 1 else q.rsample()
         prior = modules["prior"]()
-        log_lik = modules["likelihood"](modules["decoder"](z)).log_prob(x)
+        log_lik = modules["likelihood"].log_likelihood(modules["decoder"](z), x)
         if type(objective) is TraceMeanField_ELBO:
             try:
                 kl = torch.distributions.kl_divergence(q, prior)
@@ -217,7 +216,10 @@ class VAE(PyroModule):
         q = self.encode(x)
         z = q.rsample()
         prior = self.prior()
-        reconstruction = self.decode(z).log_prob(x)
+        if type(self).decode is VAE.decode:
+            reconstruction = self.likelihood.log_likelihood(self.decoder(z), x)
+        else:
+            reconstruction = self.decode(z).log_prob(x)
         try:
             return reconstruction, torch.distributions.kl_divergence(q, prior), True
         except NotImplementedError:

@@ -45,4 +45,10 @@ def test_subclassed_model_uses_pyro():
 
     vae = Custom((4,), latent_dim=2, likelihood="gaussian", hidden=(8,))
     assert not vae._direct_elbo_applies(Trace_ELBO())
+
+    class CustomDecode(VAE):  # the model calls decode, so the direct path must not bypass it
+        def decode(self, z):
+            return super().decode(2 * z)
+
+    assert not CustomDecode((4,), latent_dim=2, likelihood="gaussian", hidden=(8,))._direct_elbo_applies(Trace_ELBO())
     assert not VAE((4,), 2, likelihood="gaussian")._direct_elbo_applies(Trace_ELBO(num_particles=2))
