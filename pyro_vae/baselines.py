@@ -11,7 +11,8 @@ Variances (noise variances, diagonal variances, covariance eigenvalues) are floo
 ``reg_covar``) in every M-step. The clamped update is the exact constrained maximizer,
 so EM stays monotone, and constant pixels (MNIST's border) cannot send the likelihood to
 infinity. Unlike ``reg_covar``, which is *added* to every variance, a floor leaves
-well-estimated variances alone. Dequantize discrete data first (``(v + u) / levels``:
+well-estimated variances alone (``GaussianMixture(regularization="add")`` gives
+scikit-learn's rule instead, and so scikit-learn's model). Dequantize discrete data first (``(v + u) / levels``:
 the noise alone has variance ``1 / (12 levels^2)``, 1.3e-6 for 8-bit pixels) and pass
 ``levels`` to ``evaluate``. A larger floor (e.g. 1e-3 for [0, 1] pixels) regularizes:
 lower train but often much higher test likelihood.
@@ -475,7 +476,12 @@ class GaussianMixture(_Mixture):
             clamped at ``min_variance`` in every M-step (the exact constrained maximizer).
         init: ``"kmeans++"`` (k-means++ seeding, refined by up to 10 Lloyd steps, as hard
             responsibilities) or ``"random"`` (random responsibilities).
-            Other arguments as for :class:`EMBaseline`.
+        regularization: ``"floor"`` (variances, or covariance eigenvalues, floored at
+            ``min_variance``: the exact constrained M-step, so EM is monotone) or ``"add"``
+            (``min_variance`` added to every variance after the M-step, as scikit-learn's
+            ``reg_covar``: the same model as ``sklearn.mixture.GaussianMixture``, cheaper for
+            full covariances, better test likelihoods on MNIST, but EM is no longer
+            guaranteed monotone). Other arguments as for :class:`EMBaseline`.
 
     Fitted attributes: ``weights`` (K,), ``means`` (K, D), ``covariances`` (K, D) or (K, D, D).
 
@@ -489,13 +495,16 @@ class GaussianMixture(_Mixture):
 
     _param_names = ("weights", "means", "covariances")
 
-    def __init__(self, n_components: int, *, covariance: str = "diag", init: str = "kmeans++", **kwargs: Any) -> None:
+    def __init__(self, n_components: int, *, covariance: str = "diag", init: str = "kmeans++",
+                 regularization: str = "floor", **kwargs: Any) -> None:
         super().__init__(n_components, **kwargs)
         if covariance not in ("diag", "full"):
             raise ValueError(f"gmm: unknown covariance {covariance!r}; use 'diag' or 'full'.")
         if init not in ("kmeans++", "random"):
             raise ValueError(f"gmm: unknown init {init!r}; use 'kmeans++' or 'random'.")
-        self.covariance, self.init = covariance, init
+        if regularization not in ("floor", "add"):
+            raise ValueError(f"gmm: unknown regularization {regularization!r}; use 'floor' or 'add'.")
+        self.covariance, self.init, self.regularization = covariance, init, regularization
         self.name = "gmm" if covariance == "diag" else "gmm_full"
 
     def _check_fit_data(self, x: Tensor) -> None:
@@ -525,7 +534,8 @@ class GaussianMixture(_Mixture):
         if self.covariance == "diag":
             moments = (resp.T @ data["feats"]) / nk[:, None]
             means = moments[:, d:]
-            cov = (moments[:, :d] - means**2).clamp_min(floor)
+            cov = moments[:, :d] - means**2
+            cov = cov.clamp_min(0).add_(floor) if self.regularization == "add" else cov.clamp_min(floor)
             return {"weights": nk / nk.sum(), "means": means, "covariances": cov}
         means = (resp.T @ x) / nk[:, None]
         cov = torch.empty(self.n_components, d, d, dtype=x.dtype, device=x.device)
@@ -533,6 +543,9 @@ class GaussianMixture(_Mixture):
         for k in range(self.n_components):  # the (D, N) x (N, D) product per component dominates
             centered = x - means[k]
             cov[k] = _gram(centered.mul_((resp[:, k] / nk[k]).sqrt()[:, None]))  # in place: one less N x D pass
+            if self.regularization == "add":
+                cov[k].diagonal().add_(floor)
+                continue
             # Cholesky of cov - floor*I succeeds iff every eigenvalue exceeds the floor: the clamp
             # is then a no-op and the (much slower) eigendecomposition can be skipped.
             if torch.linalg.cholesky_ex(cov[k] - floor * eye).info != 0:

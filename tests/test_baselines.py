@@ -186,6 +186,22 @@ def test_gmm_fit_matches_sklearn_fit(blobs, covariance):
     np.testing.assert_allclose(np.sort(ours.weights.numpy()), np.sort(sk.weights_), atol=1e-6)
 
 
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_gmm_additive_regularization_is_sklearns_m_step(digits, covariance):
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    _, v = digits
+    x = torch.as_tensor(v[:600] / 16.0)  # constant pixels: the regularization decides their variance
+    resp = torch.softmax(torch.randn(600, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 1)
+    model = GaussianMixture(3, covariance=covariance, regularization="add", min_variance=1e-3)
+    ours = model._m_step(model._prepare(x), {}, resp)
+    _, means, cov = _estimate_gaussian_parameters(x.numpy(), resp.numpy(), 1e-3, covariance)
+    np.testing.assert_allclose(ours["means"].numpy(), means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours["covariances"].numpy(), cov, rtol=1e-8, atol=1e-12)
+    floored = GaussianMixture(3, covariance=covariance, min_variance=1e-3)._m_step(model._prepare(x), {}, resp)
+    assert not torch.allclose(floored["covariances"], ours["covariances"])  # the two rules really differ
+
+
 @pytest.mark.parametrize("covariance,init", [("diag", "random"), ("full", "kmeans++")])
 def test_gmm_em_monotone_with_floor_active(digits, covariance, init):
     _, v = digits
@@ -303,6 +319,11 @@ def test_log_prob_checks_fit_and_dimension():
         model.log_prob(torch.randn(3, 5))
     with pytest.raises(ValueError, match=r"unknown method 'svd'"):
         PPCA(1).fit(torch.randn(30, 4), method="svd")
+
+
+def test_gmm_rejects_unknown_regularization():
+    with pytest.raises(ValueError, match="unknown regularization 'clip'; use 'floor' or 'add'"):
+        GaussianMixture(2, regularization="clip")
 
 
 def test_registry():
