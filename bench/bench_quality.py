@@ -10,7 +10,7 @@ Setup (issue 6c):
   plain PyTorch loop (analytic-KL ELBO, as pytorch/examples);
 - scoring: every model by pyro_vae's evaluator at K=5000 importance samples, with the same
   draws' seed. The hand-written weights are copied into a pyro_vae ``VAE`` of the identical
-  architecture (the copy is checked to give identical encoder and decoder outputs).
+  architecture (the copy is checked to give the same encoder and decoder outputs, to float precision).
 
 Differences between models are also reported *paired* per datapoint (mean of
 ``log p̂_a(x_i) - log p̂_b(x_i)`` ± its SE), which removes the between-image spread that
@@ -83,8 +83,10 @@ def as_pyro_vae(model: HandwrittenVAE, cfg, dataset):
     z = torch.randn(7, LATENT)
     loc, raw = model.encoder(x).chunk(2, dim=-1)
     q_loc, q_scale = vae.encoder(x.reshape(7, 1, 28, 28))
-    assert torch.equal(loc, q_loc) and torch.allclose(torch.nn.functional.softplus(raw) + 1e-5, q_scale)
-    assert torch.equal(model.decoder(z), vae.decoder(z))
+    # Same functions; pyro_vae computes tanh/softplus with its own kernels (pyro_vae.ops), equal to ~1e-7.
+    close = lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
+    assert close(loc, q_loc) and close(torch.nn.functional.softplus(raw) + 1e-5, q_scale)
+    assert close(model.decoder(z), vae.decoder(z))
     vae.eval()
     return vae
 
