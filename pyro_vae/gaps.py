@@ -98,30 +98,32 @@ def inference_gaps(vae: VAE, x: Tensor, steps: int = 500, lr: float = 1e-2, part
         particles: Reparameterized draws per step for the per-point ELBO gradient.
         num_samples: Draws for the final ELBO and importance-sampling estimates.
     """
-    num_data, beta = vae.num_data, vae.beta
+    num_data, beta, training = vae.num_data, vae.beta, vae.training
     vae.num_data, vae.beta = None, 1.0  # per-point, unscaled figures
+    vae.eval()  # frozen PyroModule parameters are then read without param-store registration
     frozen = [p for p in vae.parameters() if p.requires_grad]
     try:
         for p in frozen:
             p.requires_grad_(False)
-        with pyro.settings.context(module_local_params=True):
-            elbo_amortized = _elbo_per_point(vae.model, vae.guide, x, num_samples)
-            q = vae.encode(x).base_dist
-            local = _LocalGuide(q.loc, q.scale).to(x.device)
-            optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-            for _ in range(steps):
-                terms = weight_terms(vae.model, local, x, num_samples=particles)
-                # Each point's ELBO depends only on its own q_i: summing keeps the gradients separate.
-                loss = -terms.log_weight.mean(0).sum()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            elbo_optimized = _elbo_per_point(vae.model, local, x, num_samples)
-            with torch.no_grad():
-                log_w = weight_terms(vae.model, local, x, num_samples=num_samples).log_weight
-            log_likelihood = logmeanexp(log_w, dim=0)
+        # No module_local_params context here: a PyroModule must be run in the mode it was built in.
+        elbo_amortized = _elbo_per_point(vae.model, vae.guide, x, num_samples)
+        q = vae.encode(x).base_dist
+        local = _LocalGuide(q.loc, q.scale).to(x.device)
+        optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+        for _ in range(steps):
+            terms = weight_terms(vae.model, local, x, num_samples=particles)
+            # Each point's ELBO depends only on its own q_i: summing keeps the gradients separate.
+            loss = -terms.log_weight.mean(0).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        elbo_optimized = _elbo_per_point(vae.model, local, x, num_samples)
+        with torch.no_grad():
+            log_w = weight_terms(vae.model, local, x, num_samples=num_samples).log_weight
+        log_likelihood = logmeanexp(log_w, dim=0)
     finally:
         for p in frozen:
             p.requires_grad_(True)
         vae.num_data, vae.beta = num_data, beta
+        vae.train(training)
     return InferenceGaps(log_likelihood, elbo_amortized, elbo_optimized)

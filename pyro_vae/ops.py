@@ -4,15 +4,16 @@ In current torch CPU builds ``log1p`` is not vectorized, and neither is ``tanh``
 well as it could be. On 200 000 floats with AVX-512 we measured ``log1p`` at 1.05 ms
 against 0.06 ms for ``exp``, 0.10 ms for ``log`` and 0.02 ms for ``sigmoid``; ``tanh``
 took 0.21 ms. ``F.softplus``, ``F.logsigmoid`` and ``binary_cross_entropy_with_logits``
-all go through ``log1p``, and in a small VAE they took more time than the matmuls.
+all go through ``log1p``; in a profiled epoch of a 784-400-50 softplus VAE they took as
+much time as the forward matmuls.
 
 The functions here compute the same values from fast kernels and have hand-written
-backward passes, so autograd saves one tensor per call instead of one per step:
+backward passes, so autograd saves one tensor per call instead of one per elementary op:
 
 * ``log1p(u)`` for ``u >= 0`` uses Goldberg's correction ``log(w) * u / (w - 1)`` with
   ``w = 1 + u``, which is accurate to a few ulps, not just to ``1e-7`` absolute;
 * ``softplus(x) = max(x, 0) + log1p(exp(-|x|))``, gradient ``sigmoid(x)``;
-* ``tanh(x) = 2 sigmoid(2x) - 1``, gradient ``1 - tanh(x)^2`` (absolute error ~6e-8, so
+* ``tanh(x) = 2 sigmoid(2x) - 1``, gradient ``1 - tanh(x)^2`` (absolute error < 2e-7 in float32, so
   the relative error is large only where ``|x| < 1e-6``, irrelevant for an activation);
 * ``bernoulli_log_prob(logits, x) = sum(x * l - softplus(l))``, gradient ``x - sigmoid(l)``.
 

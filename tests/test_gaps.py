@@ -54,3 +54,21 @@ def test_inference_gaps_are_non_negative(dequantized_digits):
     total = gaps.log_likelihood - gaps.elbo_amortized
     assert torch.allclose(total, gaps.approximation_gap + gaps.amortization_gap, atol=1e-4)
     assert all(p.requires_grad for p in result.vae.parameters())  # the model was left trainable
+
+
+@pytest.mark.parametrize("local_params", [False, True])
+def test_inference_gaps_run_in_the_mode_the_vae_was_built_in(local_params):
+    # A VAE built by hand (global param store) must work as well as one built by fit (module-local params).
+    with pyro.settings.context(module_local_params=local_params):
+        vae = VAE((4,), latent_dim=2, prior="mog", likelihood="gaussian", hidden=(8,))
+    vae.train()
+    before = {n: p.detach().clone() for n, p in vae.named_parameters()}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. Pyro's "was not registered in the param store"
+        gaps = inference_gaps(vae, torch.rand(6, 4, generator=torch.Generator().manual_seed(0)), steps=10, num_samples=20)
+    assert gaps.log_likelihood.shape == (6,) and torch.isfinite(gaps.log_likelihood).all()
+    assert vae.training and all(p.requires_grad for p in vae.parameters())
+    assert all(torch.equal(before[n], p) for n, p in vae.named_parameters())
+    assert len(pyro.get_param_store()) == 0
