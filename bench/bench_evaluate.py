@@ -137,7 +137,6 @@ def main() -> None:
         test = run_worker(state_path, "test", args.samples, args.threads, args.profile)
         full = None if args.skip_full else run_worker(state_path, "all", args.samples, args.threads, False)
 
-    rep = test["report"]
     print(f"\nIWAE-paper VAE (784-200-200-50 tanh, Bernoulli), MNIST-10k, {args.epochs} epochs "
           f"({train_seconds:.1f} s), {args.threads} threads, {platform.processor() or platform.machine()}")
     print(f"final val ELBO during training: {result.history[-1]['val_elbo']:.2f} nats\n")

@@ -39,6 +39,7 @@ from handwritten_vae import HandwrittenVAE  # noqa: E402
 
 from pyro_vae.data import load_dataset  # noqa: E402
 from pyro_vae.evaluate import evaluate  # noqa: E402
+from pyro_vae.stats import mean_se  # noqa: E402
 from pyro_vae.train import build_transform, build_vae, fit  # noqa: E402
 from pyro_vae.config import from_dict  # noqa: E402
 
@@ -91,11 +92,6 @@ def as_pyro_vae(model: HandwrittenVAE, cfg, dataset):
     return vae
 
 
-def paired(a: torch.Tensor, b: torch.Tensor) -> dict:
-    d = (a - b).double()
-    return {"mean": d.mean().item(), "se": (d.std() / math.sqrt(d.numel())).item()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "mnist"))
@@ -140,9 +136,9 @@ def main() -> None:
     names = list(trained)
     iwae_name, elbo_name, hand_name = names[1], names[0], names[2]
     comparisons = {
-        f"{elbo_name} - {hand_name}": paired(evals[elbo_name].log_px, evals[hand_name].log_px),
-        f"{iwae_name} - {elbo_name}": paired(evals[iwae_name].log_px, evals[elbo_name].log_px),
-        f"{iwae_name} - {hand_name}": paired(evals[iwae_name].log_px, evals[hand_name].log_px),
+        f"{elbo_name} - {hand_name}": mean_se(evals[elbo_name].log_px - evals[hand_name].log_px),
+        f"{iwae_name} - {elbo_name}": mean_se(evals[iwae_name].log_px - evals[elbo_name].log_px),
+        f"{iwae_name} - {hand_name}": mean_se(evals[iwae_name].log_px - evals[hand_name].log_px),
     }
     elbo_r, iwae_r, hand_r = (next(r for r in rows if r["model"] == n) for n in (elbo_name, iwae_name, hand_name))
     unpaired_se = math.hypot(elbo_r["log_likelihood"]["se"], hand_r["log_likelihood"]["se"])

@@ -14,10 +14,8 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -25,12 +23,11 @@ import torch
 from pyro_vae import plots
 from pyro_vae.evaluate import evaluate
 from pyro_vae.train import fit
+from _common import example_parser  # shared flags and data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny net, 1 epoch, 20 samples: checks the script runs")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/01_quickstart"), help="output folder")
+    parser = example_parser(__doc__, "01_quickstart", "tiny net, 1 epoch, 20 samples: checks the script runs", data=False)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--samples", type=int, default=1000, help="K, importance samples per test point")
     parser.add_argument("--seed", type=int, default=0)

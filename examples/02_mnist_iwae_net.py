@@ -21,30 +21,19 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from pyro_vae import plots
-from pyro_vae.data import Dataset, load_available
 from pyro_vae.evaluate import evaluate
 from pyro_vae.train import fit
-
-
-def load(name: str, smoke: bool) -> Dataset:
-    """MNIST-10k if present, else digits; smoke runs take slices of every split (same code path)."""
-    dataset = load_available(name)
-    return dataset.head(500, 200, 200) if smoke else dataset
+from _common import example_parser, load  # shared flags and data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="1 epoch, tiny net, K=50 on 40 points")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/02_mnist_iwae_net"))
-    parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, mnist, digits")
+    parser = example_parser(__doc__, "02_mnist_iwae_net", "1 epoch, tiny net, K=50 on 40 points")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     parser.add_argument("--k-train", type=int, default=5, help="importance samples per point for --objective iwae")

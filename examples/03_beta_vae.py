@@ -18,40 +18,23 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from pyro_vae import plots
-from pyro_vae.data import Dataset, load_available
 from pyro_vae.evaluate import evaluate
 from pyro_vae.stats import mean_se
 from pyro_vae.train import fit
-
-
-def load(name: str, smoke: bool) -> Dataset:
-    """MNIST-10k if present, else digits; smoke runs take slices of every split (same code path)."""
-    dataset = load_available(name)
-    return dataset.head(500, 200, 200) if smoke else dataset
+from _common import add_scoring_flags, example_parser, load, parse_scoring_args  # shared flags and data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny net, 1 epoch, K=20 on 50 points")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/03_beta_vae"))
-    parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, digits")
+    parser = example_parser(__doc__, "03_beta_vae", "tiny net, 1 epoch, K=20 on 50 points")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 4.0])
-    parser.add_argument("--latent-dim", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--samples", type=int, default=1000, help="K at evaluation")
-    parser.add_argument("--points", type=int, default=1000, help="test points scored")
-    args = parser.parse_args()
-    if args.smoke:
-        args.epochs, args.samples, args.points, args.latent_dim = 1, 20, 50, 4
+    add_scoring_flags(parser, latent_dim=10, epochs=20)
+    args = parse_scoring_args(parser)
     dataset = load(args.data, args.smoke)
-    args.out.mkdir(parents=True, exist_ok=True)
 
     rows, per_point = [], {}
     for beta in args.betas:

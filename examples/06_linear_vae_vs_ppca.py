@@ -19,8 +19,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -34,12 +32,11 @@ from pyro_vae.data import DataTransform, load_dataset
 from pyro_vae.evaluate import evaluate
 from pyro_vae.stats import LogLikelihood, mean_se
 from pyro_vae.vae import VAE
+from _common import example_parser  # shared flags and data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="50 SVI steps, K=20")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/06_linear_vae_vs_ppca"))
+    parser = example_parser(__doc__, "06_linear_vae_vs_ppca", "50 SVI steps, K=20", data=False)
     parser.add_argument("--latent-dim", type=int, default=8, help="k: latent size of the VAE = PPCA components")
     parser.add_argument("--steps", type=int, default=2000, help="full-batch SVI steps")
     parser.add_argument("--lr", type=float, default=0.03, help="start; decays 100-fold over the steps")

@@ -26,23 +26,16 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
 from pyro_vae import plots
-from pyro_vae.data import Dataset, iterate_minibatches, load_available
+from pyro_vae.data import iterate_minibatches
 from pyro_vae.nets import make_decoder, make_encoder
 from pyro_vae.train import fit
-
-
-def load(name: str, smoke: bool) -> Dataset:
-    """MNIST-10k if present, else digits; smoke runs take slices of every split (same code path)."""
-    dataset = load_available(name)
-    return dataset.head(500, 200, 200) if smoke else dataset
+from _common import example_parser, load  # shared flags and data
 
 
 def path_stats(decode, z_a: torch.Tensor, z_b: torch.Tensor, steps: int = 16) -> tuple[float, float]:
@@ -60,10 +53,7 @@ def nearest_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny nets, 1 epoch")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/07_ae_vs_vae"))
-    parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, digits")
+    parser = example_parser(__doc__, "07_ae_vs_vae", "tiny nets, 1 epoch")
     parser.add_argument("--latent-dim", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=20)
     args = parser.parse_args()

@@ -15,9 +15,7 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -26,14 +24,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pyro_vae import plots
-from pyro_vae.data import Dataset, load_available
 from pyro_vae.train import fit
-
-
-def load(name: str, smoke: bool) -> Dataset:
-    """MNIST-10k if present, else digits; smoke runs take slices of every split (same code path)."""
-    dataset = load_available(name)
-    return dataset.head(500, 200, 200) if smoke else dataset
+from _common import example_parser, load  # shared flags and data
 
 
 def probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor) -> float:
@@ -44,10 +36,7 @@ def probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, te
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny net, 1 epoch, two label budgets")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/08_feature_extractor"))
-    parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, digits")
+    parser = example_parser(__doc__, "08_feature_extractor", "tiny net, 1 epoch, two label budgets")
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--labels", type=int, nargs="+", default=[20, 50, 100, 300, 1000, 0], help="0 = all")

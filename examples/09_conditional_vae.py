@@ -19,9 +19,7 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pyro
@@ -37,6 +35,7 @@ from pyro_vae.evaluate import evaluate
 from pyro_vae.likelihoods import resolve_likelihood
 from pyro_vae.nets import make_decoder, make_encoder
 from pyro_vae.priors import resolve_prior
+from _common import example_parser  # shared flags and data
 
 
 class ConditionalVAE(nn.Module):
@@ -90,10 +89,7 @@ class Given(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny net, 1 epoch, K=10 on 100 points")
-    parser.add_argument("--out", type=Path, default=Path("examples/out/09_conditional_vae"))
-    parser.add_argument("--data", default="auto", help="auto (MNIST-10k if present, else digits), mnist10k, digits")
+    parser = example_parser(__doc__, "09_conditional_vae", "tiny net, 1 epoch, K=10 on 100 points")
     # A small z leaves the class to the label: with a large z the decoder can learn to ignore y.
     parser.add_argument("--latent-dim", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=20)

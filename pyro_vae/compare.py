@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .baselines import make_baseline
 from .data import DataTransform
 from .evaluate import evaluate

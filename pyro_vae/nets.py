@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
+import torch  # noqa: F401 - the module docstring's example uses it
 from torch import Tensor, nn
 
 from . import ops

@@ -49,6 +49,7 @@ def test_bernoulli_log_prob_value_and_gradients():
 
 
 def test_activations_use_the_fast_layers_and_match_torch_layers():
+    assert ACTIVATIONS["softplus"] is ops.Softplus and ACTIVATIONS["tanh"] is ops.Tanh
     x = torch.randn(64, 9)
     torch.testing.assert_close(ACTIVATIONS["softplus"]()(x), torch.nn.Softplus()(x))
     torch.testing.assert_close(ACTIVATIONS["tanh"]()(x), torch.nn.Tanh()(x), rtol=0, atol=3e-7)
