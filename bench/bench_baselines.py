@@ -12,6 +12,13 @@ log-likelihood reaches sklearn's final one (time to the same LL; EM is determini
 a seed, so the refit reproduces that iteration exactly). scikit-learn has no PPCA class, but ``PCA(k).score_samples`` *is* the
 PPCA log-likelihood (at the (N-1)-normalized fit), and it has no Bernoulli mixture.
 
+``gmm_add``/``gmm_full_add`` are scikit-learn's model (``reg_covar`` added), so they are
+also run from the *same start*: our k-means++ initialization is handed to scikit-learn
+as a warm start (``warm_start=True`` with its fitted attributes set, so it does no
+initialization work of its own). Both EMs then follow the same path to the same train
+log-likelihood, and the ``same start`` columns compare their times: ours from the same
+start (``fit(init=...)``) and ours including our own initialization.
+
 Usage:
     python bench/bench_baselines.py [--data DIR] [--out bench/results/baselines.json]
 """
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 import sklearn
 from sklearn import decomposition, mixture
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 from threadpoolctl import threadpool_limits
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,6 +69,17 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def sklearn_from(start, covariance_type: str, max_iter: int) -> mixture.GaussianMixture:
+    """A scikit-learn mixture warm-started at our fitted parameters (it then skips its own init)."""
+    sk = mixture.GaussianMixture(start.n_components, covariance_type=covariance_type, tol=1e-3, max_iter=max_iter,
+                                 warm_start=True)
+    cov = start.covariances.numpy().copy()
+    sk.weights_, sk.means_, sk.covariances_ = start.weights.numpy().copy(), start.means.numpy().copy(), cov
+    sk.precisions_cholesky_ = _compute_precision_cholesky(cov, covariance_type)
+    sk.converged_, sk.lower_bound_ = False, -np.inf  # so its first change in bound is not mistaken for convergence
+    return sk
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
@@ -69,6 +88,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="subset of: ppca fa gmm gmm_full gmm_add gmm_full_add mob")
     parser.add_argument("--max-iter-full", type=int, default=20, help="EM iterations cap for full-covariance GMMs")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ppca-repeats", type=int, default=11, help="PPCA fits take ~0.1 s: more repeats, same cost")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -106,7 +126,7 @@ def main() -> None:
                 continue
             train, test = data[:N_TRAIN], data[N_TRAIN:]
             ours_times, sk_times = [], []
-            for _ in range(args.repeats):
+            for _ in range(args.ppca_repeats if name == "ppca" else args.repeats):
                 ours, t = timed(lambda: ours_factory().fit(train))
                 ours_times.append(t)
                 if sk_factory is not None:
@@ -136,6 +156,30 @@ def main() -> None:
                     row["iterations_to_sklearn_ll"] = reached[0]
                     row["seconds_to_sklearn_ll"] = to_target
                     row["median_time_ratio_at_sklearn_ll"] = statistics.median(to_target) / statistics.median(sk_times)
+                if name.endswith("_add"):
+                    covariance_type = "full" if "full" in name else "diag"
+                    start = ours_factory().fit(train, max_iter=0)  # our initialization, untimed
+                    same_ours, same_sk = [], []
+                    for _ in range(args.repeats):
+                        refit, t = timed(lambda: ours_factory().fit(train, init=start))
+                        same_ours.append(t)
+                        warm = sklearn_from(start, covariance_type, ours.max_iter)
+                        _, t = timed(lambda: warm.fit(train))
+                        same_sk.append(t)
+                    row["same_start"] = {
+                        "ours_seconds": same_ours, "sklearn_seconds": same_sk,
+                        "ours_iterations": refit.iterations, "sklearn_iterations": int(warm.n_iter_),
+                        "ours_train_log_likelihood": refit.history[-1],
+                        "sklearn_train_log_likelihood": float(warm.score_samples(train).mean()),
+                        "ours_test_log_likelihood": float(refit.log_prob(test).mean()),
+                        "sklearn_test_log_likelihood": float(warm.score_samples(test).mean()),
+                        "time_ratios": [a / b for a, b in zip(same_ours, same_sk)],
+                        # our full fit (k-means++ init + EM) follows the same path: the same-start run plus init
+                        "time_ratios_with_our_init": [a / b for a, b in zip(ours_times, same_sk)],
+                    }
+                    row["same_start"]["median_time_ratio"] = statistics.median(row["same_start"]["time_ratios"])
+                    row["same_start"]["median_time_ratio_with_our_init"] = statistics.median(
+                        row["same_start"]["time_ratios_with_our_init"])
             rows.append(row)
             print(f"done {name}: ours {statistics.median(ours_times):.2f}s", flush=True)
 
@@ -157,6 +201,20 @@ def main() -> None:
             f"{statistics.median(r['seconds_to_sklearn_ll']) if 'seconds_to_sklearn_ll' in r else float('nan'):>6.2f} "
             f"{r.get('median_time_ratio_at_sklearn_ll', float('nan')):>5.2f}"
         )
+    same = [r for r in rows if "same_start" in r]
+    if same:
+        lines += ["", "Same start (our init handed to scikit-learn as a warm start; same model, same path):",
+                  f"{'baseline':<{width}} | {'train LL ours':>13} {'sklearn':>13} | {'test LL ours':>12} {'sklearn':>9} | "
+                  f"{'iters':>7} | {'EM s ours':>9} {'sklearn':>8} | {'ratio':>5} | {'ratio incl. our init':>20}"]
+        for r in same:
+            q = r["same_start"]
+            lines.append(
+                f"{r['name']:<{width}} | {q['ours_train_log_likelihood']:>13.4f} {q['sklearn_train_log_likelihood']:>13.4f} | "
+                f"{q['ours_test_log_likelihood']:>12.2f} {q['sklearn_test_log_likelihood']:>9.2f} | "
+                f"{q['ours_iterations']:>3}/{q['sklearn_iterations']:>3} | "
+                f"{statistics.median(q['ours_seconds']):>9.2f} {statistics.median(q['sklearn_seconds']):>8.2f} | "
+                f"{q['median_time_ratio']:>5.2f} | {q['median_time_ratio_with_our_init']:>20.2f}"
+            )
     load = f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)"
     table = "\n".join(lines + [load])
     print(table)

@@ -70,6 +70,16 @@ def test_ppca_log_prob_equals_brute_force_mvn(low_rank):
     assert model.history[-1] == pytest.approx(brute.mean().item(), abs=1e-9)
 
 
+def test_ppca_history_with_noise_floor_active_is_the_exact_log_likelihood(low_rank):
+    # min_variance above the discarded eigenvalues' mean: sigma^2 is clamped and the spectral
+    # formula for the train log-likelihood must still equal the brute-force density.
+    model = PPCA(3, min_variance=2.0).fit(low_rank)
+    assert model.noise_variance.item() == 2.0
+    cov = model.loadings @ model.loadings.T + 2.0 * torch.eye(10, dtype=torch.float64)
+    brute = torch.distributions.MultivariateNormal(model.mean, cov).log_prob(low_rank).mean().item()
+    assert model.history[-1] == pytest.approx(brute, abs=1e-9)
+
+
 def test_ppca_float32_closed_form_matches_float64():
     g = torch.Generator().manual_seed(0)
     x = 5.0 + torch.randn(2000, 40, generator=g, dtype=torch.float64) @ torch.randn(40, 40, generator=g, dtype=torch.float64)
@@ -200,6 +210,93 @@ def test_gmm_additive_regularization_is_sklearns_m_step(digits, covariance):
     np.testing.assert_allclose(ours["covariances"].numpy(), cov, rtol=1e-8, atol=1e-12)
     floored = GaussianMixture(3, covariance=covariance, min_variance=1e-3)._m_step(model._prepare(x), {}, resp)
     assert not torch.allclose(floored["covariances"], ours["covariances"])  # the two rules really differ
+
+
+@pytest.mark.parametrize("covariance", ["diag", "full"])
+def test_gmm_m_step_with_exactly_zero_responsibilities_is_sklearns(digits, covariance):
+    # The full M-step gathers only rows with nonzero responsibility and the diagonal one runs in
+    # cached row blocks (1100 rows: two full blocks and a partial one); both must stay exact.
+    from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+    _, v = digits
+    x = torch.as_tensor(v[:1100] / 16.0)
+    g = torch.Generator().manual_seed(1)
+    resp = torch.softmax(4 * torch.randn(1100, 3, generator=g, dtype=torch.float64), 1)
+    resp[torch.rand(1100, 3, generator=g) < 0.6] = 0.0  # most (point, component) pairs exactly zero
+    resp[resp.sum(1) == 0, 0] = 1.0
+    resp = resp / resp.sum(1, keepdim=True)
+    assert (resp == 0).double().mean() > 0.4
+    model = GaussianMixture(3, covariance=covariance, regularization="add", min_variance=1e-3)
+    ours = model._m_step(model._prepare(x), {}, resp)
+    weights, means, cov = _estimate_gaussian_parameters(x.numpy(), resp.numpy(), 1e-3, covariance)
+    np.testing.assert_allclose(ours["weights"].numpy(), weights / weights.sum(), rtol=1e-12)
+    np.testing.assert_allclose(ours["means"].numpy(), means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ours["covariances"].numpy(), cov, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("regularization", ["floor", "add"])
+def test_gmm_diag_fused_step_equals_separate_e_and_m_steps(digits, regularization):
+    _, v = digits
+    x = torch.as_tensor((v[:1100] + 0.5) / 17.0)
+    model = GaussianMixture(4, regularization=regularization, min_variance=1e-4)
+    data = model._prepare(x)
+    p = model._init(data, torch.Generator().manual_seed(0), 0)
+    fused_ll, advance = model._step(data, p)
+    ll, resp = model._e_step(data, p)  # the generic path: whole-batch E-step, then the M-step
+    assert fused_ll == pytest.approx(ll, rel=1e-13)
+    fused, separate = advance(), model._m_step(data, p, resp)
+    for key in separate:
+        torch.testing.assert_close(fused[key], separate[key], rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["fa", "gmm", "gmm_full", "mob"])
+def test_fit_from_init_continues_em_exactly(digits, name):
+    _, v = digits
+    x = torch.as_tensor((v[:600] > 8).astype(np.float64)) if name == "mob" else torch.as_tensor((v[:600] + 0.5) / 17.0)
+    kwargs = {"tol": 0.0, "min_variance": 1e-3}
+    if name.startswith("gmm"):
+        kwargs["init"] = "random"  # slow start: EM still moves after 10 iterations
+    whole = make_baseline(name, 3, max_iter=10, **kwargs).fit(x)
+    first = make_baseline(name, 3, max_iter=4, **kwargs).fit(x)
+    rest = make_baseline(name, 3, max_iter=6, **kwargs).fit(x, init=first)
+    assert whole.iterations == 10 and rest.iterations == 6
+    assert rest.history[0] == pytest.approx(first.history[-1], rel=1e-12)
+    np.testing.assert_allclose(rest.history, whole.history[4:], rtol=1e-10)
+    # a dict of parameters works the same way
+    as_dict = {key: getattr(first, key) for key in first._param_names}
+    assert make_baseline(name, 3, max_iter=6, **kwargs).fit(x, init=as_dict).history[-1] == pytest.approx(
+        rest.history[-1], rel=1e-12)
+
+
+def test_fit_init_errors_name_the_problem(digits):
+    _, v = digits
+    x = torch.as_tensor((v[:300] + 0.5) / 17.0)
+    with pytest.raises(ValueError, match=r"missing \['means', 'covariances'\], unknown \['scale'\]"):
+        GaussianMixture(2).fit(x, init={"weights": torch.ones(2) / 2, "scale": 1.0})
+    with pytest.raises(ValueError, match="must be a fitted FactorAnalysis"):
+        FactorAnalysis(2).fit(x, init=PPCA(2).fit(x))
+    with pytest.raises(ValueError, match="do not fit data of D=64"):
+        GaussianMixture(2).fit(x, init={"weights": torch.ones(2) / 2, "means": torch.zeros(2, 10),
+                                        "covariances": torch.ones(2, 10)})
+    with pytest.raises(ValueError, match="non-finite log-likelihood"):
+        GaussianMixture(2).fit(x, init={"weights": torch.ones(2) / 2, "means": torch.zeros(2, 64),
+                                        "covariances": torch.zeros(2, 64)})
+
+
+def test_blas_helpers_match_torch():
+    from pyro_vae.baselines import _cholesky, _gram, _whitened_sq_norms
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_gram(a), a.T @ a, rtol=1e-12, atol=1e-12)
+    spd = _gram(a) / 300 + 0.1 * torch.eye(20, dtype=torch.float64)
+    chol = _cholesky(torch.stack([spd, 2 * spd]))
+    torch.testing.assert_close(chol, torch.linalg.cholesky(torch.stack([spd, 2 * spd])), rtol=1e-12, atol=1e-12)
+    expected = torch.linalg.solve_triangular(chol[0], a.T, upper=False).square().sum(0)
+    torch.testing.assert_close(_whitened_sq_norms(chol[0], a.clone()), expected, rtol=1e-12, atol=1e-12)
+    not_pd = torch.stack([spd, -spd])
+    with pytest.raises(torch.linalg.LinAlgError, match="batch index 1 is not positive-definite"):
+        _cholesky(not_pd)
 
 
 @pytest.mark.parametrize("covariance,init", [("diag", "random"), ("full", "kmeans++")])
