@@ -575,7 +575,7 @@ class _Mixture(EMBaseline):
     """Shared E-step of mixtures: log-space responsibilities from ``_weighted_log_prob``."""
 
     def _e_step(self, data: dict, p: dict) -> tuple[float, Any]:
-        wlp = self._weighted_log_prob(data["x"], p, data.get("feats"))
+        wlp = self._weighted_log_prob(data["x"], p)
         norm = torch.logsumexp(wlp, 1)
         return float(norm.mean()), (wlp - norm[:, None]).exp()
 
@@ -720,7 +720,7 @@ class GaussianMixture(_Mixture):
         const = p["weights"].log() - 0.5 * (means.shape[1] * _LOG_2PI + cov.log().sum(1) + (means**2 * prec).sum(1))
         return const, torch.cat([-0.5 * prec, means * prec], 1).T
 
-    def _weighted_log_prob(self, x: Tensor, p: dict, feats: Tensor | None = None) -> Tensor:
+    def _weighted_log_prob(self, x: Tensor, p: dict) -> Tensor:
         if self.covariance == "diag":
             const, coef = self._diag_log_prob_terms(p)
             return torch.cat([torch.addmm(const, f, coef) for _, f in _diag_feature_blocks(x)])
@@ -801,7 +801,7 @@ class MixtureOfBernoullis(_Mixture):
         probs = ((resp.T @ data["x"]) / nk[:, None]).clamp(self.min_prob, 1 - self.min_prob)
         return {"weights": nk / nk.sum(), "probs": probs}
 
-    def _weighted_log_prob(self, x: Tensor, p: dict, feats: Tensor | None = None) -> Tensor:
+    def _weighted_log_prob(self, x: Tensor, p: dict) -> Tensor:
         log_p, log_q = p["probs"].log(), torch.log1p(-p["probs"])
         return p["weights"].log() + x @ (log_p - log_q).T + log_q.sum(1)
 
