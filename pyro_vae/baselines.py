@@ -123,13 +123,13 @@ def _cholesky(a: Tensor) -> Tensor:
     from scipy.linalg.lapack import dpotrf
 
     out = torch.empty_like(a)
-    for index, matrix in zip(range(out.reshape(-1, *a.shape[-2:]).shape[0]), a.reshape(-1, *a.shape[-2:])):
-        factor, info = dpotrf(matrix.numpy(), lower=1, clean=1)
+    for index, (matrix, factor) in enumerate(zip(a.reshape(-1, *a.shape[-2:]), out.view(-1, *a.shape[-2:]))):
+        lower, info = dpotrf(matrix.numpy(), lower=1, clean=1)
         if info != 0:
             raise torch.linalg.LinAlgError(
                 f"cholesky: the matrix at batch index {index} is not positive-definite (leading minor of order {info})."
             )
-        out.reshape(-1, *a.shape[-2:])[index] = torch.from_numpy(factor)
+        factor.copy_(torch.from_numpy(lower))
     return out
 
 
@@ -429,9 +429,12 @@ class _LowRankGaussian(EMBaseline):
         return {"mean": data["mean"], "loadings": w, "noise_variance": psi.clamp_min(self.min_variance)}
 
     def _closed_form(self, data: dict) -> dict[str, Tensor]:
-        s, k = data["s"], self.n_components
+        return self._from_eigen(data["mean"], *self._top_eigen(data["s"]))
+
+    def _top_eigen(self, s: Tensor) -> tuple[Tensor, Tensor, float]:
+        """The top ``n_components`` eigenpairs of S (ascending) and its trace, in float64."""
         evals, evecs = _eigh(s)
-        return self._from_eigen(data["mean"], evals[-k:], evecs[:, -k:], float(s.diagonal().sum()))
+        return evals[-self.n_components :], evecs[:, -self.n_components :], float(s.diagonal().sum())
 
     def _from_eigen(self, mean: Tensor, evals: Tensor, evecs: Tensor, trace: float) -> dict[str, Tensor]:
         # Tipping & Bishop (1999): sigma^2 is the mean of the discarded eigenvalues (via the trace).
@@ -509,8 +512,7 @@ class PPCA(_LowRankGaussian):
         else:
             _check_finite(x, float(x.sum()), "ppca.fit")
             data = self._prepare(x)
-            mean, (evals, evecs) = data["mean"], _eigh(data["s"])
-            evals, evecs, trace = evals[-self.n_components :], evecs[:, -self.n_components :], float(data["s"].trace())
+            mean, (evals, evecs, trace) = data["mean"], self._top_eigen(data["s"])
         # Small tensors only from here; one thread avoids 10-15 ms of OpenMP barrier waits
         # against OpenBLAS workers still spinning after the eigensolver.
         with _torch_threads(1 if x.device.type == "cpu" else None):
@@ -583,8 +585,12 @@ class _Mixture(EMBaseline):
         return torch.logsumexp(self._weighted_log_prob(x, p), 1)
 
     def _counts(self, resp: Tensor) -> Tensor:
+        return self._floor_counts(resp.sum(0))
+
+    @staticmethod
+    def _floor_counts(counts: Tensor) -> Tensor:
         # A tiny count keeps an emptied component finite instead of NaN (as scikit-learn does).
-        return resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
+        return counts + 10 * torch.finfo(counts.dtype).eps
 
     def _kmeans_resp(self, x: Tensor, g: torch.Generator) -> Tensor:
         labels = _kmeans_labels(x, self.n_components, g)
@@ -664,11 +670,10 @@ class GaussianMixture(_Mixture):
         # Component-major (K, block) products: MKL runs these skinny shapes ~1.4x faster than (block, K).
         x = data["x"]
         const, coef = self._diag_log_prob_terms(p)
-        const, coef_t = const[:, None], coef.T.contiguous()
         moments = x.new_zeros(self.n_components, 2 * x.shape[1])
         counts, total = x.new_zeros(self.n_components), x.new_zeros(())
         for _, feats in _diag_feature_blocks(x):
-            wlp = torch.addmm(const, coef_t, feats.T)
+            wlp = torch.addmm(const[:, None], coef, feats.T)
             norm = torch.logsumexp(wlp, 0)
             total += norm.sum()
             resp = wlp.sub_(norm).exp_()
@@ -680,7 +685,7 @@ class GaussianMixture(_Mixture):
         x, floor = data["x"], self.min_variance
         d = x.shape[1]
         if self.covariance == "diag":
-            moments = sum(resp[block_rows].T @ feats for block_rows, feats in _diag_feature_blocks(x, rows=True))
+            moments = sum(resp[rows].T @ feats for rows, feats in _diag_feature_blocks(x))
             return self._diag_params(moments, resp.sum(0))
         nk = self._counts(resp)
         means = (resp.T @ x) / nk[:, None]
@@ -705,7 +710,7 @@ class GaussianMixture(_Mixture):
 
     def _diag_params(self, moments: Tensor, counts: Tensor) -> dict[str, Tensor]:
         """M-step from the responsibility-weighted sums ``[x^2, x]`` (K, 2D) and the counts (K,)."""
-        nk = counts + 10 * torch.finfo(counts.dtype).eps  # as _counts: an emptied component stays finite
+        nk = self._floor_counts(counts)
         moments = moments / nk[:, None]
         d = moments.shape[1] // 2
         means = moments[:, d:]
@@ -714,16 +719,16 @@ class GaussianMixture(_Mixture):
         return {"weights": nk / nk.sum(), "means": means, "covariances": cov}
 
     def _diag_log_prob_terms(self, p: dict) -> tuple[Tensor, Tensor]:
-        """``const`` (K,) and ``coef`` (2D, K) with ``log w_k N(x | mu_k, diag) = const + [x^2, x] @ coef``."""
+        """``const`` (K,) and ``coef`` (K, 2D) with ``log w_k N(x | mu_k, diag) = const + [x^2, x] @ coef.T``."""
         means, cov = p["means"], p["covariances"]
         prec = 1.0 / cov
         const = p["weights"].log() - 0.5 * (means.shape[1] * _LOG_2PI + cov.log().sum(1) + (means**2 * prec).sum(1))
-        return const, torch.cat([-0.5 * prec, means * prec], 1).T
+        return const, torch.cat([-0.5 * prec, means * prec], 1)
 
     def _weighted_log_prob(self, x: Tensor, p: dict) -> Tensor:
         if self.covariance == "diag":
             const, coef = self._diag_log_prob_terms(p)
-            return torch.cat([torch.addmm(const, f, coef) for _, f in _diag_feature_blocks(x)])
+            return torch.cat([torch.addmm(const, feats, coef.T) for _, feats in _diag_feature_blocks(x)])
         means, cov = p["means"], p["covariances"]
         chol = _cholesky(cov)
         maha = torch.empty(x.shape[0], self.n_components, dtype=x.dtype, device=x.device)
@@ -734,8 +739,8 @@ class GaussianMixture(_Mixture):
         return p["weights"].log() - 0.5 * (x.shape[1] * _LOG_2PI + logdet + maha)
 
 
-def _diag_feature_blocks(x: Tensor, block: int = 512, rows: bool = False) -> Iterator[tuple[Any, Tensor]]:
-    """Yield ``(x_block or row slice, [x_block^2, x_block])`` in blocks of rows that stay in cache.
+def _diag_feature_blocks(x: Tensor, block: int = 512) -> Iterator[tuple[slice, Tensor]]:
+    """Yield ``(rows, [x[rows]^2, x[rows]])`` for blocks of rows small enough to stay in cache.
 
     The (block, 2D) buffer is reused: consume each block before asking for the next.
     """
@@ -746,7 +751,7 @@ def _diag_feature_blocks(x: Tensor, block: int = 512, rows: bool = False) -> Ite
         feats = buffer[: xb.shape[0]]
         torch.mul(xb, xb, out=feats[:, :d])
         feats[:, d:] = xb
-        yield (slice(i, i + block) if rows else xb), feats
+        yield slice(i, i + block), feats
 
 
 class MixtureOfBernoullis(_Mixture):
