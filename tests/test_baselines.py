@@ -249,6 +249,43 @@ def test_gmm_diag_fused_step_equals_separate_e_and_m_steps(digits, regularizatio
         torch.testing.assert_close(fused[key], separate[key], rtol=1e-11, atol=1e-14)
 
 
+def test_map_row_blocks_keeps_block_order_and_reraises():
+    from pyro_vae.baselines import _map_row_blocks
+
+    starts = _map_row_blocks(lambda rows: rows.start, 1000, 64, workers=3)
+    assert starts == list(range(0, 1000, 64))
+
+    def fail_on_third(rows):
+        if rows.start == 128:
+            raise ValueError("block 2 failed")
+        return rows.start
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="block 2 failed"):
+            _map_row_blocks(fail_on_third, 1000, 64, workers=2)
+        assert torch.get_num_threads() == 2  # the one-thread cap inside the workers was undone
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_gmm_diag_fit_is_bit_identical_with_one_or_two_worker_threads(digits):
+    _, v = digits
+    x = torch.as_tensor((v[:1100] + 0.5) / 17.0)  # 5 blocks of 256 rows
+    threads = torch.get_num_threads()
+    fits = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            fits.append(GaussianMixture(4, max_iter=15, tol=0.0, min_variance=1e-4).fit(x))
+    finally:
+        torch.set_num_threads(threads)
+    one, two = fits
+    assert one.history == two.history  # exact: per-block sums are added in block order
+    torch.testing.assert_close(one.covariances, two.covariances, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", ["fa", "gmm", "gmm_full", "mob"])
 def test_fit_from_init_continues_em_exactly(digits, name):
     _, v = digits
