@@ -19,17 +19,27 @@ initialization work of its own). Both EMs then follow the same path to the same 
 log-likelihood, and the ``same start`` columns compare their times: ours from the same
 start (``fit(init=...)``) and ours including our own initialization.
 
+Which local optimum a mixture's EM reaches depends on its start, so the diagonal mixtures
+are also fitted by both libraries with seeds ``0..--seeds-1`` (each its own
+initialization, alternating): the medians over seeds compare the quality of the optima
+each reaches and the time it takes.
+
+``--busy-core`` keeps one core busy with a spinning process for the whole run, to see how
+each library copes with a noisy neighbour on a shared machine.
+
 Usage:
-    python bench/bench_baselines.py [--data DIR] [--out bench/results/baselines.json]
+    python bench/bench_baselines.py [--data DIR] [--out bench/results/baselines.json] [--busy-core]
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import gzip
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -80,6 +90,33 @@ def sklearn_from(start, covariance_type: str, max_iter: int) -> mixture.Gaussian
     return sk
 
 
+def seed_runs(ours_factory, sk_factory, train: np.ndarray, test: np.ndarray, seeds: int) -> dict:
+    """Both libraries fitted with seeds 0..seeds-1, alternating: times, train and test LLs per seed."""
+    out = {key: [] for key in ("ours_seconds", "sklearn_seconds", "ours_train_log_likelihood",
+                               "sklearn_train_log_likelihood", "ours_test_log_likelihood", "sklearn_test_log_likelihood",
+                               "ours_iterations", "sklearn_iterations")}
+    for seed in range(seeds):
+        ours, t = timed(lambda: ours_factory().fit(train, seed=seed))
+        out["ours_seconds"].append(t)
+        sk, t = timed(lambda: sk_factory().set_params(random_state=seed).fit(train))
+        out["sklearn_seconds"].append(t)
+        out["ours_train_log_likelihood"].append(ours.history[-1])
+        out["sklearn_train_log_likelihood"].append(float(sk.score_samples(train).mean()))
+        out["ours_test_log_likelihood"].append(float(ours.log_prob(test).mean()))
+        out["sklearn_test_log_likelihood"].append(float(sk.score_samples(test).mean()))
+        out["ours_iterations"].append(ours.iterations)
+        out["sklearn_iterations"].append(int(sk.n_iter_))
+    out["time_ratios"] = [a / b for a, b in zip(out["ours_seconds"], out["sklearn_seconds"])]
+    out["median_time_ratio"] = statistics.median(out["time_ratios"])
+    return out
+
+
+def section(rows: list[dict], key: str, title: str, header: str, line) -> list[str]:
+    """A titled sub-table of the rows that have ``key``; ``line(name, row[key])`` formats one."""
+    chosen = [r for r in rows if key in r]
+    return ["", title, header] + [line(r["name"], r[key]) for r in chosen] if chosen else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "mnist")
@@ -89,8 +126,15 @@ def main() -> None:
     parser.add_argument("--max-iter-full", type=int, default=20, help="EM iterations cap for full-covariance GMMs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ppca-repeats", type=int, default=11, help="PPCA fits take ~0.1 s: more repeats, same cost")
+    parser.add_argument("--seeds", type=int, default=10,
+                        help="diagonal mixtures: also fit both with seeds 0..N-1 (which local optimum EM finds depends on its start)")
+    parser.add_argument("--busy-core", action="store_true",
+                        help="keep one core busy with a spinning process during the run (a noisy neighbour)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.busy_core:
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        atexit.register(spinner.kill)
 
     load_before = os.getloadavg()[0]  # timings on a shared machine are only comparable at similar load
     images = load_mnist_images(args.data)
@@ -180,6 +224,8 @@ def main() -> None:
                     row["same_start"]["median_time_ratio"] = statistics.median(row["same_start"]["time_ratios"])
                     row["same_start"]["median_time_ratio_with_our_init"] = statistics.median(
                         row["same_start"]["time_ratios_with_our_init"])
+                if name in ("gmm", "gmm_add") and args.seeds > 0:
+                    row["seeds"] = seed_runs(ours_factory, sk_factory, train, test, args.seeds)
             rows.append(row)
             print(f"done {name}: ours {statistics.median(ours_times):.2f}s", flush=True)
 
@@ -201,26 +247,32 @@ def main() -> None:
             f"{statistics.median(r['seconds_to_sklearn_ll']) if 'seconds_to_sklearn_ll' in r else float('nan'):>6.2f} "
             f"{r.get('median_time_ratio_at_sklearn_ll', float('nan')):>5.2f}"
         )
-    same = [r for r in rows if "same_start" in r]
-    if same:
-        lines += ["", "Same start (our init handed to scikit-learn as a warm start; same model, same path):",
-                  f"{'baseline':<{width}} | {'train LL ours':>13} {'sklearn':>13} | {'test LL ours':>12} {'sklearn':>9} | "
-                  f"{'iters':>7} | {'EM s ours':>9} {'sklearn':>8} | {'ratio':>5} | {'ratio incl. our init':>20}"]
-        for r in same:
-            q = r["same_start"]
-            lines.append(
-                f"{r['name']:<{width}} | {q['ours_train_log_likelihood']:>13.4f} {q['sklearn_train_log_likelihood']:>13.4f} | "
-                f"{q['ours_test_log_likelihood']:>12.2f} {q['sklearn_test_log_likelihood']:>9.2f} | "
-                f"{q['ours_iterations']:>3}/{q['sklearn_iterations']:>3} | "
-                f"{statistics.median(q['ours_seconds']):>9.2f} {statistics.median(q['sklearn_seconds']):>8.2f} | "
-                f"{q['median_time_ratio']:>5.2f} | {q['median_time_ratio_with_our_init']:>20.2f}"
-            )
+    lines += section(rows, "same_start", "Same start (our init handed to scikit-learn as a warm start; same model, same path):",
+                     f"{'baseline':<{width}} | {'train LL ours':>13} {'sklearn':>13} | {'test LL ours':>12} {'sklearn':>9} | "
+                     f"{'iters':>7} | {'EM s ours':>9} {'sklearn':>8} | {'ratio':>5} | {'ratio incl. our init':>20}",
+                     lambda name, q: (
+                         f"{name:<{width}} | {q['ours_train_log_likelihood']:>13.4f} {q['sklearn_train_log_likelihood']:>13.4f} | "
+                         f"{q['ours_test_log_likelihood']:>12.2f} {q['sklearn_test_log_likelihood']:>9.2f} | "
+                         f"{q['ours_iterations']:>3}/{q['sklearn_iterations']:>3} | "
+                         f"{statistics.median(q['ours_seconds']):>9.2f} {statistics.median(q['sklearn_seconds']):>8.2f} | "
+                         f"{q['median_time_ratio']:>5.2f} | {q['median_time_ratio_with_our_init']:>20.2f}"))
+    median = statistics.median
+    lines += section(rows, "seeds",
+                     "Each library with its own initialization, seeds 0..N-1 (medians over seeds; EM's optimum depends on its start):",
+                     f"{'baseline':<{width}} | {'seeds':>5} | {'train LL ours':>13} {'sklearn':>9} | {'test LL ours':>12} {'sklearn':>9} | "
+                     f"{'fit s ours':>10} {'sklearn':>8} | {'ratio':>5} {'range':>11}",
+                     lambda name, q: (
+                         f"{name:<{width}} | {len(q['ours_seconds']):>5} | "
+                         f"{median(q['ours_train_log_likelihood']):>13.2f} {median(q['sklearn_train_log_likelihood']):>9.2f} | "
+                         f"{median(q['ours_test_log_likelihood']):>12.2f} {median(q['sklearn_test_log_likelihood']):>9.2f} | "
+                         f"{median(q['ours_seconds']):>10.2f} {median(q['sklearn_seconds']):>8.2f} | "
+                         f"{q['median_time_ratio']:>5.2f} {min(q['time_ratios']):>5.2f}-{max(q['time_ratios']):<5.2f}"))
     load = f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)"
     table = "\n".join(lines + [load])
     print(table)
     setup = {"data": str(args.data), "n_train": N_TRAIN, "n_test": N_TEST, "repeats": args.repeats,
              "threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__, "sklearn": sklearn.__version__,
-             "max_iter_full": args.max_iter_full,
+             "max_iter_full": args.max_iter_full, "seeds": args.seeds, "busy_core": args.busy_core,
              "dequantization": "(v + u) / 256, u ~ U[0, 1), numpy seed 0", "binarization": "v / 255 > 0.5"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"setup": setup, "results": rows, "table": table}, indent=2))
