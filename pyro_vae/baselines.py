@@ -209,10 +209,11 @@ def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
 def _kmeans_labels(x: Tensor, k: int, g: torch.Generator, lloyd_iters: int = 10) -> Tensor:
     """Hard labels from k-means++ seeding (Arthur & Vassilvitskii, 2007) and a few Lloyd steps.
 
-    The Lloyd steps cost about a third of an EM iteration each and, on MNIST, save more EM
+    The Lloyd steps cost about 5 ms each on MNIST-10k (an EM iteration 13 ms), save more EM
     iterations than they cost and reach better optima than seeding alone. Only the labels
     leave this function, so it works on centered float32 data: half the memory traffic and
-    twice the BLAS rate of float64 (on MNIST: 0.1 s -> 0.06 s, the same labels).
+    twice the BLAS rate of float64 (on MNIST-10k: 0.11 s -> 0.07 s, with labels identical
+    to the float64 version's for seeds 0-4).
     """
     x = x.to(torch.float32, copy=True)
     x -= x.mean(0)  # float32 expansions of ||x - c||^2 lose the distances under a large offset
@@ -773,9 +774,9 @@ def _map_row_blocks(fn: Callable[[slice], _T], n: int, block: int, workers: int)
     against 13 -> 24 ms with a block per Python thread.
     """
     starts = range(0, n, block)
-    results: list[Any] = [None] * len(starts)
     if workers <= 1 or len(starts) == 1:
         return [fn(slice(i, i + block)) for i in starts]
+    results: list[Any] = [None] * len(starts)
     queue, lock, errors = iter(enumerate(starts)), threading.Lock(), []
 
     def work() -> None:
