@@ -19,7 +19,6 @@ Run::
 
 from __future__ import annotations
 
-
 import matplotlib.pyplot as plt
 import pyro
 import pyro.distributions as dist

@@ -26,7 +26,6 @@ Run::
 
 from __future__ import annotations
 
-
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F

@@ -30,12 +30,12 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 
 from pyro_vae import plots
-from pyro_vae.data import DataTransform, iterate_minibatches, load_available
+from pyro_vae.data import DataTransform, iterate_minibatches
 from pyro_vae.evaluate import evaluate
 from pyro_vae.likelihoods import resolve_likelihood
 from pyro_vae.nets import make_decoder, make_encoder
 from pyro_vae.priors import resolve_prior
-from _common import example_parser  # shared flags and data
+from _common import example_parser, load  # shared flags and data
 
 
 class ConditionalVAE(nn.Module):
@@ -97,8 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.epochs, args.samples = 1, 10
-    dataset = load_available(args.data)
-    train_x, train_y = (dataset.train[:500], dataset.train_labels[:500]) if args.smoke else (dataset.train, dataset.train_labels)
+    dataset = load(args.data, args.smoke)
+    train_x, train_y = dataset.train, dataset.train_labels
     transform = DataTransform(dataset.levels, binarize="dynamic")  # fresh binarization per minibatch
     args.out.mkdir(parents=True, exist_ok=True)
 

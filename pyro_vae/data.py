@@ -22,11 +22,11 @@ figures from different runs and models are computed on the same datapoints:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pickle
 import tempfile
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

@@ -249,27 +249,6 @@ def test_gmm_diag_fused_step_equals_separate_e_and_m_steps(digits, regularizatio
         torch.testing.assert_close(fused[key], separate[key], rtol=1e-11, atol=1e-14)
 
 
-def test_map_row_blocks_keeps_block_order_and_reraises():
-    from pyro_vae.baselines import _map_row_blocks
-
-    starts = _map_row_blocks(lambda rows: rows.start, 1000, 64, workers=3)
-    assert starts == list(range(0, 1000, 64))
-
-    def fail_on_third(rows):
-        if rows.start == 128:
-            raise ValueError("block 2 failed")
-        return rows.start
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with pytest.raises(ValueError, match="block 2 failed"):
-            _map_row_blocks(fail_on_third, 1000, 64, workers=2)
-        assert torch.get_num_threads() == 2  # the one-thread cap inside the workers was undone
-    finally:
-        torch.set_num_threads(threads)
-
-
 def test_gmm_diag_fit_is_bit_identical_with_one_or_two_worker_threads(digits):
     _, v = digits
     x = torch.as_tensor((v[:1100] + 0.5) / 17.0)  # 5 blocks of 256 rows
@@ -318,22 +297,6 @@ def test_fit_init_errors_name_the_problem(digits):
     with pytest.raises(ValueError, match="non-finite log-likelihood"):
         GaussianMixture(2).fit(x, init={"weights": torch.ones(2) / 2, "means": torch.zeros(2, 64),
                                         "covariances": torch.zeros(2, 64)})
-
-
-def test_blas_helpers_match_torch():
-    from pyro_vae.baselines import _cholesky, _gram, _whitened_sq_norms
-
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(300, 20, generator=g, dtype=torch.float64)
-    torch.testing.assert_close(_gram(a), a.T @ a, rtol=1e-12, atol=1e-12)
-    spd = _gram(a) / 300 + 0.1 * torch.eye(20, dtype=torch.float64)
-    chol = _cholesky(torch.stack([spd, 2 * spd]))
-    torch.testing.assert_close(chol, torch.linalg.cholesky(torch.stack([spd, 2 * spd])), rtol=1e-12, atol=1e-12)
-    expected = torch.linalg.solve_triangular(chol[0], a.T, upper=False).square().sum(0)
-    torch.testing.assert_close(_whitened_sq_norms(chol[0], a.clone()), expected, rtol=1e-12, atol=1e-12)
-    not_pd = torch.stack([spd, -spd])
-    with pytest.raises(torch.linalg.LinAlgError, match="batch index 1 is not positive-definite"):
-        _cholesky(not_pd)
 
 
 @pytest.mark.parametrize("covariance,init", [("diag", "random"), ("full", "kmeans++")])
