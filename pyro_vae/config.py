@@ -31,7 +31,7 @@ import yaml
 __all__ = ["ConfigError", "DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
-LR_SCHEDULES = ("none", "cosine", "step")
+LR_SCHEDULES = ("none", "cosine", "step", "burda")
 
 
 class ConfigError(ValueError):
@@ -101,8 +101,10 @@ class TrainConfig:
             ``num_particles`` samples).
         num_particles: Particles per datapoint (vectorized).
         beta: Final KL weight; ``warmup_epochs`` ramps it linearly from 0.
-        lr_schedule: ``none``, ``cosine`` (to 0 over training) or ``step`` (halve every
-            ``lr_step_epochs``).
+        lr_schedule: ``none``, ``cosine`` (to 0 over training), ``step`` (halve every
+            ``lr_step_epochs``) or ``burda`` (Burda et al. 2016: ``lr * 10^(-i/7)`` for
+            ``3^i`` epochs, i = 0..7, 3280 epochs in all; extendable, milestones are fixed epochs).
+        adam_eps: Adam's epsilon (Burda et al. use 1e-4).
         grad_clip: Max gradient norm, or ``None``.
         patience: Early stopping: epochs without validation-ELBO improvement; ``None`` = off.
         devices/accelerator/strategy/num_nodes: Passed to Lightning Fabric.
@@ -119,6 +121,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     lr_schedule: str = "none"
     lr_step_epochs: int = 10
+    adam_eps: float = 1e-8
     grad_clip: float | None = None
     patience: int | None = None
     seed: int = 0
@@ -247,6 +250,8 @@ def _validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}.")
+    if not cfg.train.adam_eps > 0:
+        raise ConfigError(f"train.adam_eps must be > 0, got {cfg.train.adam_eps}.")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}.")
     if cfg.train.beta < 0:

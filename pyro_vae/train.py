@@ -106,7 +106,7 @@ def build_optimizer(train: config_lib.TrainConfig, params) -> torch.optim.Optimi
     The fused kernel is the same algorithm as the default for-loop one, a single pass over
     all parameters: 3x faster on CPU for a 784-400-50 VAE (0.17 ms against 0.46 ms a step).
     """
-    return torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=train.lr, eps=train.adam_eps, weight_decay=train.weight_decay, fused=True)
 
 
 def _make_fabric(train: config_lib.TrainConfig):
@@ -164,6 +164,11 @@ def _write_metrics(run_dir: Path, history: list[dict]) -> None:
 def _scheduler(optimizer: torch.optim.Optimizer, train: config_lib.TrainConfig, steps_per_epoch: int):
     if train.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train.epochs * steps_per_epoch))
+    if train.lr_schedule == "burda":
+        # Burda et al. (2016): 3^i epochs at lr * 10^(-i/7), i = 0..7. Milestones are fixed
+        # epochs, so the schedule does not depend on train.epochs and a run can be extended.
+        milestones = [sum(3**j for j in range(i + 1)) * steps_per_epoch for i in range(7)]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=10 ** (-1 / 7))
     if train.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=train.lr_step_epochs * steps_per_epoch, gamma=0.5)
     return None
@@ -209,11 +214,12 @@ def fit(
     dataset = dataset or load_dataset(cfg.data.name, root=cfg.data.root, download=cfg.data.download,
                                       split_seed=cfg.data.split_seed, val_fraction=cfg.data.val_fraction,
                                       test_fraction=cfg.data.test_fraction)
-    selects_on_val = not getattr(dataset, "val_is_test", False)
+    selects_on_val = not (dataset.val_is_test or dataset.no_validation)
     if not selects_on_val and tc.patience is not None:
+        why = "no validation split (data.val_fraction: 0)" if dataset.no_validation else \
+            "no separate validation split (validation is the test split)"
         raise ConfigError(
-            f"dataset {cfg.data.name!r} has no separate validation split (validation is the test split), so early "
-            "stopping on it would select on the test set; remove train.patience."
+            f"dataset {cfg.data.name!r} has {why}, so early stopping cannot select on it; remove train.patience."
         )
     with pyro.settings.context(module_local_params=True):
         vae = build_vae(cfg, dataset)
@@ -245,7 +251,7 @@ def fit(
     train_x = dataset.train.to(fabric.device)
     # Evaluation draws are fixed, so the metric sets are transformed once, not every epoch.
     metric_x = transform(train_x[: tc.metrics_max_points], train=False)
-    val_x = transform(dataset.val.to(fabric.device), train=False)
+    val_x = transform(dataset.val.to(fabric.device), train=False) if len(dataset.val) else dataset.val
     warmup_steps = tc.warmup_epochs * steps_per_epoch
     seen = 0
     bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),

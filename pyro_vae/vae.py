@@ -34,6 +34,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
+from .importance import IWAE
 from .likelihoods import check_support, resolve_likelihood
 from .nets import make_decoder, make_encoder
 from .priors import resolve_prior
@@ -160,15 +161,39 @@ class VAE(PyroModule):
         """
         if self._direct_elbo_applies(objective):
             return self._direct_elbo_loss(x, objective)
+        if self._direct_iwae_applies(objective):
+            return self._direct_iwae_loss(x, objective.num_particles)
         return objective.differentiable_loss(self.model, self.guide, x)
+
+    def _stock(self) -> bool:
+        return all(getattr(type(self), m) is getattr(VAE, m) for m in ("model", "guide", "encode", "decode"))
 
     def _direct_elbo_applies(self, objective: Any) -> bool:
         # Exact types only: a subclass may change the estimator, a VAE subclass the model.
         return (
             type(objective) in (Trace_ELBO, TraceMeanField_ELBO)
-            and all(getattr(type(self), m) is getattr(VAE, m) for m in ("model", "guide", "encode", "decode"))
+            and self._stock()
             and (objective.num_particles == 1 or objective.vectorize_particles)
         )
+
+    def _direct_iwae_applies(self, objective: Any) -> bool:
+        return type(objective) is IWAE and objective.max_plate_nesting == 1 and self._stock()
+
+    def _direct_iwae_loss(self, x: Tensor, k: int) -> Tensor:
+        """:class:`~pyro_vae.importance.IWAE` without tracing: same draws, same number (tested).
+
+        ``log w = log p(x|z) + beta (log p(z) - log q(z|x))``, the minibatch scale applied
+        after the log-sum-exp over the ``k`` draws, as in the traced objective.
+        """
+        modules = self._modules
+        self._check_shape(x)
+        loc, scale = modules["encoder"](x)
+        q = dist.Normal(loc, scale).to_event(1)
+        z = q.rsample((k,))
+        log_lik = modules["likelihood"].log_likelihood(modules["decoder"](z), x)
+        log_w = log_lik + self.beta * (modules["prior"]().log_prob(z) - q.log_prob(z))
+        data_scale = 1.0 if self.num_data is None else self.num_data / x.shape[0]
+        return -data_scale * (torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
 
     def _direct_elbo_loss(self, x: Tensor, objective: Any) -> Tensor:
         # Plain attribute lookups: PyroModule's hooks would emit param statements per access.

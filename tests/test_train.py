@@ -162,3 +162,38 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
     # every training point seen once per epoch across ranks (the sampler pads 1437 to 1438)
     assert ddp["examples_seen"] == 2 * 1438
     assert "DDP: 2 ranks" in proc.stdout
+
+
+def test_burda_schedule_steps_at_fixed_epochs():
+    """lr 1e-3 * 10^(-i/7) for 3^i epochs: milestones at epochs 1, 4, 13, ..., 1093, whatever train.epochs is."""
+    from pyro_vae.config import from_dict
+    from pyro_vae.train import _scheduler, build_optimizer
+
+    tc = from_dict({"train": {"lr_schedule": "burda", "epochs": 5, "adam_eps": 1e-4}}).train
+    optimizer = build_optimizer(tc, [torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.param_groups[0]["eps"] == 1e-4
+    scheduler, steps_per_epoch, lrs = _scheduler(optimizer, tc, 3), 3, []
+    for _ in range(1100 * steps_per_epoch):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    per_epoch = lrs[::steps_per_epoch]
+    for i, start in enumerate([0, 1, 4, 13, 40, 121, 364, 1093]):
+        assert per_epoch[start] == pytest.approx(1e-3 * 10 ** (-i / 7), rel=1e-9), (i, start)
+    assert per_epoch[3] == pytest.approx(1e-3 * 10 ** (-1 / 7))  # epochs 1..3 (0-based) share i = 1
+
+
+def test_mnist_val_fraction_zero_trains_on_every_image(tmp_path):
+    """data.val_fraction: 0 on MNIST keeps all training images and refuses early stopping (nothing to select on)."""
+    from test_data import write_split  # small files in torchvision's idx format
+
+    write_split(tmp_path / "data", "train", 30, gz=True)
+    write_split(tmp_path / "data", "t10k", 10, gz=True)
+    cfg = tiny_config(tmp_path / "run", data={"name": "mnist", "root": str(tmp_path / "data"), "download": False,
+                                              "val_fraction": 0.0, "binarize": "dynamic"},
+                      model={"likelihood": "bernoulli"}, train={"epochs": 1, "batch_size": 10})
+    result = fit(cfg, progress=False)
+    assert len(result.dataset.train) == 30 and len(result.dataset.val) == 0
+    assert not (tmp_path / "run" / "best.pt").exists()
+    with pytest.raises(ConfigError, match="no validation split"):
+        fit({**cfg, "train": {**cfg["train"], "patience": 3}}, progress=False)
