@@ -36,16 +36,16 @@ import json
 import math
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from .importance import weight_terms
+from .logjoint import draw_log_weights, is_stock_vae
+from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
 from .priors import marginal_log_prob_per_dim
 from .stats import LogLikelihood, bits_per_dim, logmeanexp, mean_se
 
@@ -56,8 +56,6 @@ KHAT_THRESHOLD = 0.7  # Vehtari et al.: above it the importance sampling estimat
 ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Var_x E_q[z_u] exceeds it
 COLLAPSE_KL = 0.01  # nats: below it a latent dimension carries (almost) no information
 MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
-BLOCK_ELEMENTS = 2**22  # decoder outputs per fused block (16 MB): big enough for efficient matmuls, small in memory
-PIECE_ELEMENTS = 2**20  # logits per elementwise pass (4 MB): cache-resident
 MC_KL_SAMPLES = 256
 CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to float32 precision  # draws for per-dimension KL when there is no analytic formula
 
@@ -246,95 +244,6 @@ def _json_safe(obj: Any) -> Any:
 # --------------------------------------------------------------------------- scoring
 
 
-def _is_stock_vae(vae: Any) -> bool:
-    """True when ``vae``'s model and guide are :class:`~pyro_vae.vae.VAE`'s own.
-
-    Only then is the direct computation provably the same as tracing the model and
-    guide; a subclass that overrides either must go through Pyro traces.
-    """
-    from .vae import VAE
-
-    return isinstance(vae, VAE) and all(getattr(type(vae), m) is getattr(VAE, m) for m in ("model", "guide", "encode"))
-
-
-def _fused_bernoulli(vae: Any) -> bool:
-    from .likelihoods import Generic
-    from .vae import VAE
-
-    lik = getattr(vae, "likelihood", None)
-    return isinstance(lik, Generic) and lik.plain_bernoulli and type(vae).decode is VAE.decode
-
-
-def _log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
-    """``log p(x_i | z_ki)`` of shape ``(k, B)`` for ``z`` of shape ``(k, B, d)``, in blocks.
-
-    Decoding per block of about :data:`BLOCK_ELEMENTS` outputs keeps memory small (the
-    chunk's decoder output never exists at once) while the matmuls stay large. A
-    Bernoulli is scored as ``x·l - softplus(l)`` with logits ``l``: one matrix-vector
-    product and one softplus pass, where torch's ``binary_cross_entropy_with_logits``
-    makes four full-size temporaries.
-    """
-    k, b = z.shape[:2]
-    fused = _fused_bernoulli(vae)
-    width = getattr(vae.likelihood, "num_params", 1) * vae.num_dims
-    rows = max(1, BLOCK_ELEMENTS // width)
-    points, samples = max(1, rows // k), min(k, rows)
-    # (B, k, d), contiguous: a block is a few points times a run of their draws. A strided
-    # slice would reach the decoder's matmul with a huge leading dimension, 20x slower.
-    zt = z.transpose(0, 1).contiguous()
-    x_flat = x.reshape(b, -1).to(z.dtype)
-    out = z.new_empty(b, k)
-    for i0 in range(0, b, points):
-        i1 = min(b, i0 + points)
-        for s0 in range(0, k, samples):
-            s1 = min(k, s0 + samples)
-            zb = zt[i0:i1, s0:s1].contiguous()
-            if fused:
-                logits = vae.decoder(zb).reshape(i1 - i0, s1 - s0, -1)
-                out[i0:i1, s0:s1] = _bernoulli_log_prob(logits, x_flat[i0:i1])
-            else:
-                out[i0:i1, s0:s1] = vae.decode(zb).log_prob(x[i0:i1].unsqueeze(1))
-    return out.T
-
-
-def _bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
-    """``sum_j x_j l_j - softplus(l_j)``: logits ``(p, s, D)`` of ``p`` points ``x`` ``(p, D)`` -> ``(p, s)``.
-
-    ``softplus(l) = max(l, 0) - log(sigmoid(|l|))`` with torch's vectorized ``sigmoid`` and
-    ``log`` runs ~20x faster than ``F.softplus`` (whose ``log1p`` is not vectorized) and
-    1.5x faster than ``log(1 + exp(-|l|))``. Pieces of :data:`PIECE_ELEMENTS` keep its
-    passes (and the ``x·l`` product) in cache, and cover several points at once when ``D``
-    is small, so there are few ops to launch. ``sigmoid(|l|)`` rounds to 1 once
-    ``exp(-|l|) < 6e-8``: at most 5e-5 nats over 784 pixels, far below any Monte Carlo error.
-    """
-    p, s, d = logits.shape
-    rows = max(1, PIECE_ELEMENTS // d)
-    points, samples = max(1, rows // s), min(s, rows)  # a piece is contiguous: whole points or one point's run
-    out = logits.new_empty(p, s)
-    for j0 in range(0, p, points):
-        for t0 in range(0, s, samples):
-            piece = logits[j0 : j0 + points, t0 : t0 + samples]
-            xl = torch.bmm(piece, x[j0 : j0 + points].unsqueeze(-1)).squeeze(-1)
-            log_sig = piece.abs().sigmoid_().log_().sum(-1)  # -log(1 + exp(-|l|)), sigmoid is in [0.5, 1)
-            out[j0 : j0 + points, t0 : t0 + samples] = xl - piece.clamp(min=0).sum(-1) + log_sig
-    return out
-
-
-def _chunk_terms(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: bool) -> tuple[Tensor, Tensor]:
-    """``(log p(x|z), log w)``, each ``(k, B)``, for ``k`` fresh draws per point."""
-    if not fused:
-        terms = weight_terms(vae.model, vae.guide, x, num_samples=k)
-        return terms.log_lik, terms.log_weight
-    # Normal.rsample's own recipe, so these are the draws the traced guide would make; with
-    # the noise at hand, log q(z|x) needs no (z - loc)² pass over the draws.
-    loc, scale = q.base_dist.loc, q.base_dist.scale
-    eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
-    z = loc + eps * scale
-    log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
-    log_lik = _log_lik_blocks(vae, z, x)
-    return log_lik, log_lik + prior.log_prob(z) - log_q
-
-
 def _delta_se(lw: Tensor) -> Tensor:
     """Delta-method MC standard error of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/K)``."""
     sumsq = torch.softmax(lw, dim=-1).pow(2).sum(-1)
@@ -369,7 +278,7 @@ def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequ
     lw = torch.empty_like(log_lik)
     for start in range(0, num_samples, chunk):
         stop = min(num_samples, start + chunk)
-        log_lik[start:stop], lw[start:stop] = _chunk_terms(vae, x, stop - start, q, prior, fused)
+        log_lik[start:stop], lw[start:stop] = draw_log_weights(vae, x, stop - start, q, prior, fused)
 
     out: dict[str, Tensor] = {}
     kl_exact = None
@@ -423,65 +332,7 @@ def _kl_per_dim(q: Any, prior: Any) -> Tensor:
     return (base_q.log_prob(z) - log_p).double().mean(0)
 
 
-def _libc_malloc_trim() -> Any:
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _libc_malloc_trim()
-
-
-def _release_freed_memory() -> None:
-    """Return freed heap memory to the OS between batches (glibc only).
-
-    glibc raises its mmap threshold to the largest block freed so far, so the decoder's
-    16 MB blocks end up in the heap; small results allocated between them pin it, and
-    without a trim the resident size grew by ~30 MB per batch (3 GB for 10 000 points
-    at K=5000) although nothing was alive.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
 # --------------------------------------------------------------------------- public API
-
-
-@contextmanager
-def _evaluation_mode(vae: Any) -> Iterator[None]:
-    """Eval mode, no minibatch scale, beta = 1; restored afterwards.
-
-    The weights are unscaled either way (see :mod:`pyro_vae.importance`), but a
-    ``num_data`` smaller than an evaluation batch would make the data plate refuse it.
-    """
-    saved = {k: getattr(vae, k) for k in ("num_data", "beta") if hasattr(vae, k)}
-    training = getattr(vae, "training", False)
-    try:
-        for k, v in (("num_data", None), ("beta", 1.0)):
-            if k in saved:
-                setattr(vae, k, v)
-        if hasattr(vae, "eval"):
-            vae.eval()
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(vae, k, v)
-        if hasattr(vae, "train"):
-            vae.train(training)
-
-
-def _gather(fabric: Any, t: Tensor, total: int) -> Tensor:
-    """Undo the ``x[rank::world]`` sharding: all-gather and restore the original order."""
-    world = fabric.world_size
-    per_rank = math.ceil(total / world)
-    pad = per_rank - t.shape[0]
-    if pad:  # all_gather needs equal shapes; padded rows land past ``total`` and are cut
-        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
-    g = fabric.all_gather(t.contiguous())  # (world, per_rank, ...): g[r, j] is point j * world + r
-    return g.transpose(0, 1).reshape(world * per_rank, *t.shape[1:])[:total]
 
 
 def evaluate(
@@ -540,37 +391,32 @@ def evaluate(
     if method not in ("auto", "fused", "trace"):
         raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
     k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
-    stock = _is_stock_vae(vae)
+    stock = is_stock_vae(vae)
     if method == "fused" and not stock:
         raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
     fused = stock and method != "trace"
     total = x.shape[0]
     if total == 0:
         raise ValueError("evaluate needs at least one datapoint, got an empty tensor.")
-    rank, world = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
-    if total < world:  # checked on every rank alike: an empty rank would hang the others in all_gather
-        raise ValueError(f"{total} points cannot be sharded over {world} processes; use fewer processes.")
+    rank, world = rank_and_world(fabric)
     params = list(vae.parameters()) if hasattr(vae, "parameters") else []
     device = fabric.device if fabric is not None else (params[0].device if params else x.device)
-    shard = x[rank::world].to(device)
+    shard = points_of_rank(x, fabric).to(device)
     batch_size = batch_size or 100
     num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
     width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
     chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
 
     tic = time.perf_counter()
-    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if seed is not None else nullcontext()
     parts: list[dict[str, Tensor]] = []
-    with rng, torch.no_grad(), _evaluation_mode(vae):
-        if seed is not None:
-            torch.manual_seed(seed + rank)
+    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae):
         for start in range(0, len(shard), batch_size):
             parts.append(_score_batch(vae, shard[start : start + batch_size], num_samples, chunk, k_list, fused))
-            _release_freed_memory()
+            release_freed_memory()
     keys = parts[0].keys() if parts else ()
     per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
     if world > 1:
-        per_point = {key: _gather(fabric, v, total).cpu() for key, v in per_point.items()}
+        per_point = {key: gather_points(fabric, v, total).cpu() for key, v in per_point.items()}
     per_point = {key: v.cpu() for key, v in per_point.items()}
 
     unit_variance = kl_dims = None

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .importance import weight_terms
+from .logjoint import weight_terms
 from .stats import logmeanexp, mean_se
 from .vae import VAE
 

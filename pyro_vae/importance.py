@@ -1,6 +1,7 @@
 """Per-datapoint importance weights from Pyro traces, and the IWAE objective.
 
-For datapoint ``x_i`` and a draw ``z_ik ~ q(z|x_i)``::
+The terms themselves come from :mod:`pyro_vae.logjoint`. For datapoint ``x_i`` and a
+draw ``z_ik ~ q(z|x_i)``::
 
     log w_ik = log p(x_i, z_ik) - log q(z_ik | x_i)
 
@@ -27,109 +28,15 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.infer.elbo import ELBO
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
+from .logjoint import WeightTerms, subsample_factor, weight_terms
+
 __all__ = ["WeightTerms", "weight_terms", "log_weights", "IWAE", "subsample_factor"]
-
-PARTICLE_PLATE = "_importance_particles"
-
-
-@dataclass
-class WeightTerms:
-    """Unscaled per-datapoint log-probability sums, each of shape ``(K, N)``.
-
-    Attributes:
-        log_lik: Observed model sites, log p(x|z).
-        log_prior: Latent model sites, log p(z).
-        log_q: Guide sites, log q(z|x).
-        weighted: ``log p(x,z) - log q(z|x)`` with each site's beta (``poutine.scale``)
-            kept but the subsample factor removed: the IWAE training weight.
-        data_scale: The subsample factor ``num_data / batch`` of the data plate.
-    """
-
-    log_lik: Tensor
-    log_prior: Tensor
-    log_q: Tensor
-    weighted: Tensor
-    data_scale: float
-
-    @property
-    def log_weight(self) -> Tensor:
-        return self.log_lik + self.log_prior - self.log_q
-
-
-def subsample_factor(site: dict) -> float:
-    """The product of ``full_size / size`` over the subsampled plates of ``site``."""
-    factor = 1.0
-    for frame in site["cond_indep_stack"]:
-        if frame.full_size is not None and frame.size:
-            factor *= frame.full_size / frame.size
-    return factor
-
-
-def _per_datapoint(name: str, site: dict, log_p: Tensor, k: int, n: int) -> Tensor:
-    # The shape alone cannot tell a global latent from a per-point one when K == N (the
-    # particle dim would pass for the data dim), so also require a data-sized plate.
-    in_data_plate = any(f.name != PARTICLE_PLATE and f.size == n for f in site["cond_indep_stack"])
-    if not in_data_plate or log_p.dim() == 0 or log_p.shape[-1] != n:
-        raise ValueError(
-            f"Site {name!r} has log-prob shape {tuple(log_p.shape)}, which has no datapoint dimension of size {n}; "
-            "per-datapoint weights need every sample site inside the data plate (global latents cannot be split per point)."
-        )
-    return log_p.expand(k, n) if log_p.dim() == 1 else log_p.reshape(k, n)
-
-
-def weight_terms(
-    model: Callable, guide: Callable, *args: Any, num_samples: int = 1, num_points: int | None = None,
-    max_plate_nesting: int = 1, **kwargs: Any,
-) -> WeightTerms:
-    """Trace ``guide`` then ``model`` with ``num_samples`` vectorized draws per datapoint.
-
-    Args:
-        model: A Pyro callable; every sample site must lie in the data plate.
-        guide: A Pyro callable; every sample site must lie in the data plate.
-        *args: Passed to both (e.g. the data batch ``x``).
-        num_samples: Draws per datapoint ``K``.
-        num_points: Batch size ``N``; inferred from the first argument when omitted.
-        max_plate_nesting: Plates in the model; the particle plate goes one further out.
-        **kwargs: Passed to both.
-    """
-    n = num_points if num_points is not None else args[0].shape[0]
-    particles = pyro.plate(PARTICLE_PLATE, num_samples, dim=-(max_plate_nesting + 1))
-    with particles:
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    with particles:
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    zero = torch.zeros(())
-    log_lik = log_prior = log_q = weighted = zero
-    data_scale = 1.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        for name, site in trace.nodes.items():
-            # A plate records its subsample indices as a "sample" site; it has no density.
-            if site["type"] != "sample" or site_is_subsample(site):
-                continue
-            log_p = _per_datapoint(name, site, site["fn"].log_prob(site["value"]), num_samples, n)
-            if site.get("mask") is not None and site["mask"] is not True:
-                log_p = log_p * site["mask"]
-            factor = subsample_factor(site)
-            beta = site["scale"] / factor
-            weighted = weighted + sign * beta * log_p
-            if sign < 0:
-                log_q = log_q + log_p
-            elif site["is_observed"]:
-                log_lik, data_scale = log_lik + log_p, factor
-            else:
-                log_prior = log_prior + log_p
-    return WeightTerms(*(t.expand(num_samples, n) for t in (log_lik, log_prior, log_q, weighted)), data_scale=data_scale)
-
 
 @torch.no_grad()
 def log_weights(

@@ -165,8 +165,17 @@ class VAE(PyroModule):
             return self._direct_iwae_loss(x, objective.num_particles)
         return objective.differentiable_loss(self.model, self.guide, x)
 
+    @property
+    def overridden(self) -> frozenset[str]:
+        """Which of ``model``, ``guide``, ``encode``, ``decode`` a subclass replaces.
+
+        The direct (fused) computations of the loss and of the evaluators' log-joint are
+        only the same as tracing ``model``/``guide`` when these are the VAE's own.
+        """
+        return frozenset(m for m in ("model", "guide", "encode", "decode") if getattr(type(self), m) is not getattr(VAE, m))
+
     def _stock(self) -> bool:
-        return all(getattr(type(self), m) is getattr(VAE, m) for m in ("model", "guide", "encode", "decode"))
+        return not self.overridden
 
     def _direct_elbo_applies(self, objective: Any) -> bool:
         # Exact types only: a subclass may change the estimator, a VAE subclass the model.
