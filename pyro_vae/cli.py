@@ -154,10 +154,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
+    from .checkpoint import CheckpointError
     from .plots import sample_grid
-    from .train import load_run
+    from .runs import load_model, load_run
 
-    vae, _, _, _ = load_run(args.run_dir)
+    try:
+        vae, _ = load_model(args.run_dir)
+    except CheckpointError:  # a checkpoint from before data shapes were recorded: rebuild through the data
+        vae, _, _, _ = load_run(args.run_dir)
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
     plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed))
     print(f"wrote {args.num} samples (means and draws) to {out}")

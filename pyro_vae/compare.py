@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Sequence
 
 from .baselines import make_baseline
-from .data import DataTransform
-from .evaluate import evaluate
+from .importance import evaluate
+from .runs import load_run, read_history
 from .stats import LogLikelihood
-from .train import load_run
+from .transforms import DataTransform
 
 __all__ = ["BASELINE_DATA", "compare_run", "comparison_table"]
 
@@ -111,7 +111,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
     vae_eval = evaluate(vae, transform(x_raw_test, train=False), num_samples=num_samples,
                         k_list=[k for k in (1, 10, 100, 1000, 5000) if k <= num_samples], levels=transform.density_levels)
     largest = max(vae_eval.iwae)
-    history = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else []
+    history = read_history(run_dir)
     vae_row = {
         "model": f"VAE ({cfg.model.prior} prior, {cfg.model.likelihood})",
         "data": _representation(transform),

@@ -28,6 +28,12 @@ from typing import Any
 
 import yaml
 
+from .data import DATASETS
+from .likelihoods import LIKELIHOODS
+from .nets import ACTIVATIONS, NETS
+from .priors import PRIORS
+from .transforms import BINARIZE_MODES
+
 __all__ = ["ConfigError", "DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
@@ -218,11 +224,6 @@ def _settings(strategy: Any) -> list[str]:
 
 
 def _validate(cfg: Config) -> None:
-    from .data import BINARIZE_MODES, DATASETS
-    from .likelihoods import LIKELIHOODS
-    from .nets import ACTIVATIONS, NETS
-    from .priors import PRIORS
-
     if not cfg.data.name.endswith((".npy", ".npz", ".pt")):
         _choices("data.name", cfg.data.name, list(DATASETS) + ["<path to .npy/.npz/.pt>"])
     _choices("data.binarize", cfg.data.binarize, BINARIZE_MODES)

@@ -1,10 +1,10 @@
-"""Datasets, per-minibatch input transforms and minibatch iteration.
+"""Datasets: loading (scikit-learn digits, the MNIST family, user files) and fixed splits.
 
 Every dataset is held in memory as **raw values** (:class:`Dataset`): for quantized
 data these are the integer levels stored as float32 (digits ``0..16``, MNIST
 ``0..255``), so the choice of what the model sees (grey values, binarized,
-dequantized or categorical levels) is made per minibatch by :class:`DataTransform`
-and can differ between runs on the same data.
+dequantized or categorical levels) is made per minibatch by
+:class:`~pyro_vae.transforms.DataTransform` and can differ between runs on the same data.
 
 Splits are fixed functions of ``split_seed`` only (never of the training seed), so
 figures from different runs and models are computed on the same datapoints:
@@ -27,15 +27,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
+
+from .datafiles import check_values, read_array_file, to_labels, to_tensor
+
+# Moved to pyro_vae.transforms; re-exported here, where they were first defined.
+from .transforms import BINARIZE_MODES, DataTransform, iterate_minibatches, minibatch_indices
 
 __all__ = [
     "Dataset",
@@ -52,7 +55,6 @@ __all__ = [
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "mnist10k")
 FILE_EXTENSIONS = (".npy", ".npz", ".pt")
-BINARIZE_MODES = ("none", "dynamic", "static", "threshold")
 SPLITS = ("train", "val", "test")
 
 _TORCHVISION_CLASSES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -104,7 +106,7 @@ class Dataset:
             if x.dtype != torch.float32:
                 raise ValueError(f"{self.name} {split}: raw values must be float32, got {x.dtype}.")
             if not (split == "val" and self.no_validation):
-                _check_values(x, f"{self.name} {split}")
+                check_values(x, f"{self.name} {split}")
             if tuple(x.shape[1:]) != self.event_shape:
                 raise ValueError(
                     f"{self.name} {split}: datapoint shape {tuple(x.shape[1:])} != event_shape {self.event_shape}."
@@ -152,24 +154,6 @@ class Dataset:
 
 
 _TENSOR_FIELDS = ("train", "val", "test", "train_labels", "val_labels", "test_labels")
-
-
-def _check_values(x: Tensor, what: str) -> None:
-    if x.dim() < 2:
-        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(x.shape)}.")
-    if x.shape[0] == 0:
-        raise ValueError(f"{what}: split is empty (shape {tuple(x.shape)}).")
-    if x.is_floating_point():
-        bad = ~torch.isfinite(x)
-        if bad.any():
-            n_nan, n_bad = int(torch.isnan(x).sum()), int(bad.sum())
-            rows = bad.reshape(x.shape[0], -1).any(1).nonzero().flatten()
-            first = [tuple(i.tolist()) for i in bad.nonzero()[:5]]
-            raise ValueError(
-                f"{what}: {n_bad} non-finite values ({n_nan} NaN, {n_bad - n_nan} inf) in "
-                f"{len(rows)} of {x.shape[0]} datapoints (rows {rows[:10].tolist()}"
-                f"{'...' if len(rows) > 10 else ''}); first positions {first}. Clean or drop these rows."
-            )
 
 
 def default_data_root() -> Path:
@@ -306,66 +290,11 @@ def _load_mnist_family(name: str, root: str | None, download: bool, val_fraction
                    levels=256, event_shape=tuple(x.shape[1:]), no_validation=cut == len(x))
 
 
-# --------------------------------------------------------------------------- user files
-
-
-def _to_tensor(a: Any, what: str) -> tuple[Tensor, int | None]:
-    """Float32 values and the levels implied by the stored dtype."""
-    if isinstance(a, np.ndarray):
-        if a.dtype.kind not in "biuf":
-            raise ValueError(f"{what}: unsupported dtype {a.dtype} (need bool, integer or float numbers).")
-        t = torch.from_numpy(np.ascontiguousarray(a))
-    elif isinstance(a, Tensor):
-        if a.is_complex():
-            raise ValueError(f"{what}: unsupported dtype {a.dtype}.")
-        t = a.detach().cpu()
-    else:
-        raise ValueError(f"{what}: expected an array/tensor, got {type(a).__name__}.")
-    if t.dim() < 2:
-        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(t.shape)}.")
-    levels: int | None = None
-    if t.dtype == torch.bool:
-        levels = 2
-    elif t.dtype == torch.uint8:
-        levels = 256
-    elif not t.is_floating_point():
-        if t.numel() and t.min() < 0:
-            raise ValueError(f"{what}: integer data are read as levels and must be >= 0 (min {t.min().item()}); "
-                             "store continuous data as float.")
-        levels = max(2, int(t.max()) + 1) if t.numel() else 2
-    x = t.to(torch.float32)
-    _check_values(x, what)
-    return x, levels
-
-
-def _to_labels(a: Any, n: int, what: str) -> Tensor:
-    t = torch.from_numpy(np.asarray(a)) if not isinstance(a, Tensor) else a.detach().cpu()
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.shape != (n,):
-        raise ValueError(f"{what}: need integer labels of shape ({n},), got {t.dtype} of shape {tuple(t.shape)}.")
-    return t.to(torch.int64)
-
-
 def _load_file(path: Path, split_seed: int, val_fraction: float, test_fraction: float) -> Dataset:
     name = str(path)
-    if path.suffix == ".npy":
-        try:
-            content: Any = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
-    elif path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                content = {k: z[k] for k in z.files}
-        except ValueError as e:
-            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
-    else:
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"{name}: a .pt file must hold a tensor or a dict of tensors "
-                             f"(loaded with weights_only=True): {str(e).splitlines()[0]}") from e
+    content = read_array_file(path)
     if not isinstance(content, dict):
-        x, levels = _to_tensor(content, name)
+        x, levels = to_tensor(content, name)
         return _from_single(name, x, None, levels, split_seed, val_fraction, test_fraction)
 
     split_keys = {*SPLITS, *(f"{s}_labels" for s in SPLITS)}
@@ -382,16 +311,16 @@ def _load_file(path: Path, split_seed: int, val_fraction: float, test_fraction: 
             f"with optional labels 'y'."
         )
     if layout == "single":
-        x, levels = _to_tensor(content.get("x", content.get("arr_0")), f"{name}[x]")
-        y = _to_labels(content["y"], len(x), f"{name}[y]") if "y" in content else None
+        x, levels = to_tensor(content.get("x", content.get("arr_0")), f"{name}[x]")
+        y = to_labels(content["y"], len(x), f"{name}[y]") if "y" in content else None
         return _from_single(name, x, y, levels, split_seed, val_fraction, test_fraction)
-    parts = {s: _to_tensor(content[s], f"{name}[{s}]") for s in SPLITS}
+    parts = {s: to_tensor(content[s], f"{name}[{s}]") for s in SPLITS}
     lvls = [lv for _, lv in parts.values()]
     if len({lv is None for lv in lvls}) > 1:
         raise ValueError(f"{name}: splits mix float and integer dtypes; store all splits with one dtype.")
     levels = None if lvls[0] is None else max(lvls)  # type: ignore[type-var]
     xs = [parts[s][0] for s in SPLITS]
-    ys = [_to_labels(content[f"{s}_labels"], len(parts[s][0]), f"{name}[{s}_labels]")
+    ys = [to_labels(content[f"{s}_labels"], len(parts[s][0]), f"{name}[{s}_labels]")
           if f"{s}_labels" in content else None for s in SPLITS]
     return Dataset(name, *xs, *ys, levels=levels, event_shape=tuple(xs[0].shape[1:]))
 
@@ -440,8 +369,6 @@ def load_dataset(name: str, root: str | None = None, download: bool = True, spli
                      f"or a file path ending in {', '.join(FILE_EXTENSIONS)}.")
 
 
-# --------------------------------------------------------------------------- transform
-
 def load_available(name: str = "auto") -> Dataset:
     """``"auto"``: MNIST-10k when its files are on this machine (never downloads), else digits.
 
@@ -454,173 +381,3 @@ def load_available(name: str = "auto") -> Dataset:
         return load_dataset("mnist10k", download=False)
     except FileNotFoundError:
         return load_dataset("digits")
-
-
-_PRIME = 2_147_483_647  # 2**31 - 1: products of two residues fit in int64 without overflow.
-
-
-class DataTransform:
-    """Turns raw values into what the model sees, one minibatch at a time.
-
-    Quantized raw levels are scaled to grey values ``unit = level / (levels - 1)``.
-    Then, depending on the options:
-
-    * ``binarize="dynamic"``: Bernoulli(unit), redrawn on every training call from the
-      global torch RNG (so a resumed run replays exactly); at evaluation
-      (``train=False``) a fixed draw.
-    * ``binarize="static"``: one fixed draw, identical on every call.
-    * ``binarize="threshold"``: ``unit > 0.5``.
-    * ``dequantize=True``: ``(level + u) / levels`` with ``u ~ U[0, 1)``, fresh in
-      training and fixed at evaluation; a density on these values converts to a
-      probability of the levels (Theis et al., 2016), see :attr:`density_levels`.
-    * ``as_levels=True``: the integer levels as floats (categorical/Poisson models).
-
-    Fixed draws are a pure function of (datapoint values, pixel position, ``seed``):
-    each datapoint gets the same noise whether it arrives in the full split or in
-    any minibatch, on any device. The noise is ``(key * a_j + b_j) mod p`` with
-    ``key`` a universal hash of the datapoint and ``a_j, b_j`` drawn from ``seed``,
-    so values are uniform and pairwise independent across datapoints and
-    independent across pixels. Identical datapoints get identical draws.
-
-    Args:
-        levels: Number of levels of the raw data, ``None`` for continuous data.
-        binarize: One of :data:`BINARIZE_MODES`.
-        dequantize: Uniform dequantization (quantized data, no binarization).
-        as_levels: Return the raw integer levels.
-        seed: Seed of the fixed draws.
-    """
-
-    def __init__(self, levels: int | None, binarize: str = "none", dequantize: bool = False,
-                 as_levels: bool = False, seed: int = 0) -> None:
-        if binarize not in BINARIZE_MODES:
-            raise ValueError(f"binarize={binarize!r} is not one of {BINARIZE_MODES}.")
-        if levels is not None and levels < 2:
-            raise ValueError(f"levels must be >= 2 or None, got {levels}.")
-        if dequantize and levels is None:
-            raise ValueError("dequantize=True needs quantized data (levels); continuous data need no dequantization.")
-        if dequantize and binarize != "none":
-            raise ValueError(f"dequantize=True and binarize={binarize!r} conflict: binary data are discrete; "
-                             "choose one (binarize='none' for a density model).")
-        if as_levels and (levels is None or binarize != "none" or dequantize):
-            raise ValueError("as_levels=True needs quantized data (levels) and no binarize/dequantize; "
-                             "drop those options or as_levels.")
-        self.levels, self.binarize, self.dequantize, self.as_levels, self.seed = (
-            levels, binarize, dequantize, as_levels, seed)
-        self._hash_params: dict[tuple[int, int, str], Tensor] = {}
-
-    @property
-    def density_levels(self) -> int | None:
-        """``levels`` for bits-per-dim conversion when the output is a dequantized density on [0, 1), else None."""
-        return self.levels if self.dequantize else None
-
-    @property
-    def is_binary(self) -> bool:
-        """Whether outputs are in {0, 1} (Bernoulli likelihoods)."""
-        return self.binarize != "none"
-
-    def describe(self) -> str:
-        """One-line description for logs and reports."""
-        src = "continuous values" if self.levels is None else f"{self.levels} levels"
-        what = {
-            "dynamic": f"dynamic Bernoulli binarization (fresh draw per training call, fixed draw seed={self.seed} at eval)",
-            "static": f"static Bernoulli binarization (fixed draw, seed={self.seed})",
-            "threshold": "binarized by threshold unit > 0.5",
-        }.get(self.binarize, "")
-        if not what:
-            what = ("integer levels" if self.as_levels else
-                    f"uniformly dequantized (level+u)/{self.levels} (fixed noise seed={self.seed} at eval)"
-                    if self.dequantize else "raw values" if self.levels is None else f"level/{self.levels - 1} in [0, 1]")
-        return f"{src} -> {what}"
-
-    def _uniform(self, x: Tensor, salt: int) -> Tensor:
-        """Fixed U[0,1) noise (float64) shaped like ``x``; see the class docstring."""
-        flat = x.detach().reshape(x.shape[0], -1).to(torch.float32).contiguous()
-        key_ = (flat.shape[1], salt, str(x.device))
-        if key_ not in self._hash_params:
-            g = torch.Generator().manual_seed((self.seed * 7919 + salt) % 2**63)
-            self._hash_params[key_] = torch.randint(1, _PRIME, (3, flat.shape[1]), generator=g).to(x.device)
-        w, a, b = self._hash_params[key_]
-        bits = flat.view(torch.int32).to(torch.int64).remainder(_PRIME)
-        key = (bits * w).remainder(_PRIME).sum(1).remainder(_PRIME)
-        return ((key[:, None] * a + b).remainder(_PRIME).double() / _PRIME).reshape(x.shape)
-
-    def __call__(self, x_raw: Tensor, train: bool = True) -> Tensor:
-        """Transform a minibatch of raw values ``(B, *event_shape)``.
-
-        Args:
-            x_raw: Raw values as stored in :class:`Dataset`.
-            train: Training call (fresh noise) or evaluation call (fixed noise).
-        """
-        if self.levels is None:
-            unit = x_raw.float()
-            if self.binarize != "none" and ((unit < 0) | (unit > 1)).any():
-                raise ValueError(f"binarize={self.binarize!r} on continuous data needs values in [0, 1], "
-                                 f"got range {unit.min().item()}..{unit.max().item()}.")
-        else:
-            level = x_raw.float().round()
-            if self.as_levels:
-                return level
-            unit = level / (self.levels - 1)
-        if self.binarize == "threshold":
-            return (unit > 0.5).float()
-        if self.binarize == "dynamic" and train:
-            # The same Bernoulli(unit) draw as torch.bernoulli, whose CPU kernel is 4x slower.
-            return (torch.rand_like(unit) < unit).to(unit.dtype)
-        if self.binarize in ("dynamic", "static"):
-            # Distinct salts so the static draw is not the same as dynamic's eval draw.
-            return (self._uniform(x_raw, salt=1 if self.binarize == "static" else 2) < unit.double()).float()
-        if not self.dequantize:
-            return unit
-        levels = self.levels
-        assert levels is not None
-        u = torch.rand(level.shape, dtype=torch.float64, device=level.device) if train else self._uniform(x_raw, 3)
-        y = ((level.double() + u) / levels).float()
-        # float32 rounding can push a value across its bin edge; one ulp back restores
-        # floor(y * levels) == level exactly, which the density-to-mass argument needs.
-        y = torch.where(torch.floor(y.double() * levels) < level, torch.nextafter(y, torch.full_like(y, 2.0)), y)
-        return torch.where(torch.floor(y.double() * levels) > level, torch.nextafter(y, torch.full_like(y, -1.0)), y)
-
-
-# --------------------------------------------------------------------------- minibatches
-
-
-def minibatch_indices(n: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                      shuffle: bool = True, drop_last: bool = False) -> list[Tensor]:
-    """Index batches of this rank for one epoch; a pure function of the arguments.
-
-    ``DistributedSampler`` supplies the order so one process and DDP share one code
-    path. With ``world_size > 1`` and ``drop_last=False`` it pads by repeating a few
-    indices so every rank gets the same count; ``drop_last=True`` instead drops the
-    tail so shards are disjoint, and also drops an incomplete last batch.
-    """
-    from torch.utils.data import DistributedSampler
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                 seed=seed, drop_last=drop_last)
-    sampler.set_epoch(epoch)
-    order = torch.tensor(list(sampler), dtype=torch.int64)
-    batches = list(order.split(batch_size))
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    return batches
-
-
-def iterate_minibatches(x: Tensor, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                        shuffle: bool = True, drop_last: bool = False,
-                        labels: Tensor | None = None) -> Iterator[Tensor | tuple[Tensor, Tensor]]:
-    """Yield minibatches of an in-memory tensor by index slicing (no per-item collation).
-
-    The order is a pure function of ``(seed, epoch, rank, world_size)``, so a run
-    resumed at an epoch boundary sees exactly the batches it would have seen.
-
-    Yields:
-        ``x[idx]``, or ``(x[idx], labels[idx])`` when ``labels`` is given.
-    """
-    if labels is not None and len(labels) != len(x):
-        raise ValueError(f"labels has {len(labels)} entries but x has {len(x)}.")
-    for idx in minibatch_indices(len(x), batch_size, seed=seed, epoch=epoch, rank=rank, world_size=world_size,
-                                 shuffle=shuffle, drop_last=drop_last):
-        idx = idx.to(x.device)
-        yield x[idx] if labels is None else (x[idx], labels[idx.to(labels.device)])

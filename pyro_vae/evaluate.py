@@ -1,453 +1,28 @@
-"""Importance-sampled log-likelihoods, IWAE bounds and their diagnostics.
+"""``evaluate_run``: score a trained run on one split and write its report and pictures.
 
-For each datapoint ``x_i`` the evaluator draws ``K`` samples ``z_ik ~ q(z|x_i)`` and
-forms the unscaled log-weights ``log w_ik = log p(x_i, z_ik) - log q(z_ik|x_i)``. From
-them, per datapoint:
-
-* ``log p̂(x_i) = logmeanexp_k log w_ik``, the importance-sampled log-likelihood (it
-  is also the IWAE bound ``L_K``: biased low by about ``mc_se² / 2``);
-* ``L_k`` for each ``k`` in ``k_list``: the ``K`` draws split into ``K // k`` disjoint
-  groups of ``k``, the group log-mean-exps averaged (``k = 1`` is the ELBO);
-* the ELBO split into reconstruction and KL (analytic KL where torch registers one);
-* the Monte Carlo standard error of ``log p̂`` by the delta method,
-  ``sqrt(sum_k wbar_k² - 1/K) = sqrt(1/ESS - 1/K)`` with normalized weights ``wbar``;
-* the effective sample size ``1 / sum_k wbar_k²`` and the PSIS Pareto ``k̂``
-  (Vehtari et al., 2024): ``k̂ > 0.7`` means the estimate of that point is unreliable.
-
-Dataset figures are means with standard error ``std / sqrt(N)``; the latent space is
-summarised by active units (Burda et al., 2016) and KL per latent dimension.
-
-Memory is bounded: points are scored in batches and draws in chunks; only a batch's
-``(batch, K)`` weight matrix (needed for PSIS) is ever held.
+The estimators live in their own modules (:mod:`pyro_vae.importance` for importance
+sampling); this module loads the run (:mod:`pyro_vae.runs`), transforms the split,
+calls them, and writes ``report.json`` (:mod:`pyro_vae.report`) and the plots
+(:mod:`pyro_vae.plots`). ``evaluate``, ``Evaluation`` and the thresholds are re-exported
+here, where they were first defined.
 
 Example:
-    >>> from pyro_vae.vae import VAE
-    >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian")
-    >>> ev = evaluate(vae, torch.rand(8, 4), num_samples=50, k_list=(1, 10), seed=0)
-    >>> ev.log_px.shape, sorted(ev.iwae)
-    (torch.Size([8]), [1, 10])
-    >>> ev.to_dict()["elbo"]["mean"] <= ev.to_dict()["log_likelihood"]["mean"] + 1.0
-    True
+    >>> ev = evaluate_run("runs/default", num_samples=100, k_list=(1, 10, 100))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import pyro.distributions as dist
-import torch
-from torch import Tensor
+import matplotlib.pyplot as plt
 
-from .logjoint import draw_log_weights, is_stock_vae
-from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
-from .priors import marginal_log_prob_per_dim
-from .stats import LogLikelihood, bits_per_dim, logmeanexp, mean_se
+from . import plots
+from .importance import DEFAULT_K_LIST, evaluate
+from .report import KHAT_THRESHOLD, Evaluation, PosteriorCollapseWarning, write_report
+from .runs import load_run
 
 __all__ = ["Evaluation", "evaluate", "evaluate_run", "PosteriorCollapseWarning", "DEFAULT_K_LIST", "KHAT_THRESHOLD"]
-
-DEFAULT_K_LIST = (1, 10, 100, 1000)
-KHAT_THRESHOLD = 0.7  # Vehtari et al.: above it the importance sampling estimate is unreliable
-ACTIVE_THRESHOLD = 0.01  # Burda et al.: a unit is active if Var_x E_q[z_u] exceeds it
-COLLAPSE_KL = 0.01  # nats: below it a latent dimension carries (almost) no information
-MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
-MC_KL_SAMPLES = 256
-CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to float32 precision  # draws for per-dimension KL when there is no analytic formula
-
-
-class PosteriorCollapseWarning(UserWarning):
-    """Some (or all) latent dimensions carry almost no KL: the decoder ignores them."""
-
-
-@dataclass
-class Evaluation:
-    """Per-datapoint importance-sampling results and their summaries (nats per point).
-
-    Attributes:
-        log_px: IS estimate ``log p̂(x_i)`` (= ``L_K``), shape ``(N,)``.
-        mc_se: Delta-method Monte Carlo standard error of ``log_px``.
-        elbo: ELBO per point: mean reconstruction minus KL (analytic if available).
-        elbo_mc_se: Monte Carlo standard error of ``elbo``.
-        reconstruction: ``E_q[log p(x|z)]`` per point.
-        kl: ``KL(q(z|x) || p(z))`` per point.
-        iwae: ``{k: L_k per point}`` for each evaluated ``k`` (``k = 1``: plain MC ELBO).
-        iwae_mc_se: ``{k: Monte Carlo standard error of L_k per point}``.
-        khat: PSIS Pareto shape per point (NaN when ``K`` is too small to fit a tail,
-            ``-inf`` when all weights are equal to float precision: no tail at all).
-        ess: Effective sample size ``1 / sum wbar²`` per point, in ``[1, K]``.
-        unit_variance: ``Var_x E_q[z_u]`` per latent dimension, or ``None``.
-        kl_per_dim: Mean KL per latent dimension, or ``None`` if the prior allows no marginal.
-        num_samples: ``K``.
-        num_dims: Dimensions of one datapoint, for bits/dim.
-        levels: Quantization levels when ``log_px`` is a density on dequantized data.
-        kl_analytic: Whether ``kl`` is exact rather than Monte Carlo.
-        method: ``"fused"`` (direct VAE computation) or ``"trace"`` (Pyro traces).
-        seconds: Wall time of the evaluation.
-        world_size: Number of processes that shared the work.
-    """
-
-    log_px: Tensor
-    mc_se: Tensor
-    elbo: Tensor
-    elbo_mc_se: Tensor
-    reconstruction: Tensor
-    kl: Tensor
-    iwae: dict[int, Tensor]
-    iwae_mc_se: dict[int, Tensor]
-    khat: Tensor
-    ess: Tensor
-    unit_variance: Tensor | None
-    kl_per_dim: Tensor | None
-    num_samples: int
-    num_dims: int
-    levels: int | None = None
-    kl_analytic: bool = False
-    method: str = "fused"
-    seconds: float = 0.0
-    world_size: int = 1
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def num_points(self) -> int:
-        return self.log_px.numel()
-
-    @property
-    def log_likelihood(self) -> LogLikelihood:
-        """The IS estimates as the :class:`~pyro_vae.stats.LogLikelihood` EM baselines also return."""
-        return LogLikelihood("vae", self.log_px, self.num_dims, self.levels, mc_se=self.mc_se,
-                             extra={"samples": self.num_samples})
-
-    @property
-    def active_units(self) -> int | None:
-        return None if self.unit_variance is None else int((self.unit_variance > ACTIVE_THRESHOLD).sum())
-
-    @property
-    def unreliable(self) -> Tensor:
-        """Per-point flag: ``k̂ > 0.7``, the IS estimate of that point cannot be trusted."""
-        return self.khat > KHAT_THRESHOLD
-
-    @property
-    def frac_unreliable(self) -> float:
-        """Fraction of points flagged :attr:`unreliable` (a NaN k̂, K too small, is not flagged)."""
-        return self.unreliable.double().mean().item()
-
-    def _figure(self, values: Tensor, mc_se: Tensor) -> dict[str, float]:
-        out = mean_se(values)
-        out["mc_se"] = (mc_se.double().pow(2).sum().sqrt() / values.numel()).item()
-        out["bits_per_dim"] = bits_per_dim(out["mean"], self.num_dims, self.levels)
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        """Summary figures for ``report.json`` (non-finite values become ``None``)."""
-        finite = self.khat[torch.isfinite(self.khat)]
-        kl_dims = self.kl_per_dim
-        report = {
-            "num_points": self.num_points,
-            "samples": self.num_samples,
-            "num_dims": self.num_dims,
-            "levels": self.levels,
-            "method": self.method,
-            "world_size": self.world_size,
-            "seconds": self.seconds,
-            "elbo": {**self._figure(self.elbo, self.elbo_mc_se), "reconstruction": self.reconstruction.mean().item(),
-                     "kl": self.kl.mean().item(), "kl_analytic": self.kl_analytic},
-            "iwae": [{"k": k, **self._figure(v, self.iwae_mc_se[k])} for k, v in sorted(self.iwae.items())],
-            "log_likelihood": self._figure(self.log_px, self.mc_se),
-            "diagnostics": {
-                "khat_mean": finite.mean().item() if finite.numel() else None,
-                "khat_median": finite.median().item() if finite.numel() else None,
-                "khat_max": finite.max().item() if finite.numel() else None,
-                "frac_khat_above_0_7": self.frac_unreliable,
-                "ess_mean": self.ess.mean().item(),
-                "ess_min": self.ess.min().item(),
-                "ess_fraction_mean": self.ess.mean().item() / self.num_samples,
-                "active_units": self.active_units,
-                "latent_dim": None if self.unit_variance is None else self.unit_variance.numel(),
-                "unit_variance": None if self.unit_variance is None else self.unit_variance.tolist(),
-                "kl_per_dim": None if kl_dims is None else kl_dims.tolist(),
-                "collapsed_units": None if kl_dims is None else int((kl_dims < COLLAPSE_KL).sum()),
-            },
-            **self.extra,
-        }
-        return _json_safe(report)
-
-    def to_inference_data(self):
-        """An :class:`arviz.InferenceData` with per-point ``log_likelihood`` and ``sample_stats``.
-
-        The log-likelihood group holds the IS estimates as variable ``x`` with dims
-        ``(chain, draw, point)`` of shape ``(1, 1, N)``; ``sample_stats`` holds ``khat``,
-        ``ess``, ``mc_se`` and the ELBO per point.
-        """
-        import arviz as az
-
-        as_np = lambda t: t.detach().double().cpu().numpy()[None, None]  # noqa: E731 - (1, 1, N)
-        stats = {"khat": self.khat, "ess": self.ess, "mc_se": self.mc_se, "elbo": self.elbo}
-        return az.from_dict(
-            log_likelihood={"x": as_np(self.log_px)},
-            sample_stats={k: as_np(v) for k, v in stats.items()},
-            dims={name: ["point"] for name in ("x", *stats)},
-            coords={"point": list(range(self.num_points))},
-            attrs={"samples": self.num_samples, "method": self.method},
-        )
-
-    def summary(self) -> str:
-        """A one-screen text summary."""
-        d = self.to_dict()
-        ll, elbo, diag = d["log_likelihood"], d["elbo"], d["diagnostics"]
-        lines = [
-            f"VAE evaluation: N={self.num_points} points, K={self.num_samples} importance samples "
-            f"({self.method}, {self.seconds:.1f} s, {self.world_size} process{'es' if self.world_size > 1 else ''})",
-            f"  log p(x) (IS)  {ll['mean']:10.3f} ± {ll['se']:.3f} nats  (MC SE {ll['mc_se']:.4f})  "
-            f"{ll['bits_per_dim']:.4f} bits/dim",
-            f"  ELBO           {elbo['mean']:10.3f} ± {elbo['se']:.3f} nats  = reconstruction {elbo['reconstruction']:.3f}"
-            f" - KL {elbo['kl']:.3f} ({'analytic' if self.kl_analytic else 'MC'} KL)",
-            "  bound       k        mean       ± SE     MC SE   bits/dim",
-        ]
-        for row in d["iwae"]:
-            lines.append(f"  L_k   {row['k']:>8d}  {row['mean']:10.3f}  {row['se']:8.3f}  {row['mc_se']:8.4f}  "
-                         f"{row['bits_per_dim']:.4f}")
-        if diag["khat_mean"] is None:
-            lines.append(f"  PSIS k̂: not estimable with K={self.num_samples} (need a tail of more than 4 draws)")
-        else:
-            lines.append(f"  PSIS k̂: mean {diag['khat_mean']:.3f}, median {diag['khat_median']:.3f}, max "
-                         f"{diag['khat_max']:.3f}; {100 * diag['frac_khat_above_0_7']:.1f}% of points > 0.7 (unreliable)")
-        lines.append(f"  ESS: mean {diag['ess_mean']:.1f} of {self.num_samples} "
-                     f"({100 * diag['ess_fraction_mean']:.2f}%), min {diag['ess_min']:.2f}")
-        if diag["active_units"] is not None:
-            kl_text = ""
-            if self.kl_per_dim is not None:
-                top = ", ".join(f"{v:.2f}" for v in self.kl_per_dim.sort(descending=True).values[:8].tolist())
-                kl_text = f"; KL/dim (largest): {top}; {diag['collapsed_units']} with KL < {COLLAPSE_KL} nats"
-            lines.append(f"  active units: {diag['active_units']}/{diag['latent_dim']} "
-                         f"(Var_x E_q[z_u] > {ACTIVE_THRESHOLD}){kl_text}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary()
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-# --------------------------------------------------------------------------- scoring
-
-
-def _delta_se(lw: Tensor) -> Tensor:
-    """Delta-method MC standard error of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/K)``."""
-    sumsq = torch.softmax(lw, dim=-1).pow(2).sum(-1)
-    return (sumsq - 1.0 / lw.shape[-1]).clamp(min=0.0).sqrt()
-
-
-def _psis_khat(lw: Tensor) -> Tensor:
-    with warnings.catch_warnings():
-        # arviz may warn about large k̂ (we report k̂ ourselves) and about its own refactor.
-        warnings.simplefilter("ignore")
-        import arviz as az
-
-        _, khat = az.psislw(lw.detach().cpu().double().numpy(), reff=1.0)
-    khat = torch.as_tensor(khat, dtype=torch.float64).reshape(lw.shape[0])
-    # Weights equal to float32 precision (an exact posterior) have no tail: a Pareto fit
-    # to rounding noise means nothing, and the estimate is exact, so k̂ = -inf. Otherwise
-    # arviz's inf means K was too small to fit a tail (NaN: unknown).
-    top = lw.max(-1).values.double().cpu()
-    spread = top - lw.min(-1).values.double().cpu()
-    constant = spread <= CONSTANT_SPREAD * top.abs().clamp(min=1.0)
-    return torch.where(constant, -math.inf, torch.where(torch.isfinite(khat), khat, math.nan))
-
-
-def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
-                 fused: bool) -> dict[str, Tensor]:
-    """Per-point figures of one batch; holds only this batch's ``(K, B)`` weights."""
-    b = x.shape[0]
-    has_q = hasattr(vae, "encode") and hasattr(vae, "prior")
-    q = vae.encode(x) if has_q else None
-    prior = vae.prior() if has_q else None
-    log_lik = x.new_empty(num_samples, b, dtype=torch.float32)
-    lw = torch.empty_like(log_lik)
-    for start in range(0, num_samples, chunk):
-        stop = min(num_samples, start + chunk)
-        log_lik[start:stop], lw[start:stop] = draw_log_weights(vae, x, stop - start, q, prior, fused)
-
-    out: dict[str, Tensor] = {}
-    kl_exact = None
-    if has_q:
-        try:
-            kl_exact = torch.distributions.kl_divergence(q, prior)
-        except NotImplementedError:
-            pass
-    recon = log_lik.double().mean(0)
-    if kl_exact is not None:
-        # Rao-Blackwellized: only the reconstruction is sampled.
-        out["kl"], out["elbo"] = kl_exact.double(), recon - kl_exact.double()
-        out["elbo_mc_se"] = log_lik.double().std(0) / math.sqrt(num_samples)
-    else:
-        out["kl"], out["elbo"] = recon - lw.double().mean(0), lw.double().mean(0)
-        out["elbo_mc_se"] = lw.double().std(0) / math.sqrt(num_samples)
-    out["reconstruction"] = recon
-    out["kl_analytic"] = torch.full((b,), float(kl_exact is not None), dtype=torch.float64)
-
-    rows = lw.T.double().contiguous()  # (B, K); contiguous rows keep the reductions below fast
-    out["log_px"] = logmeanexp(rows, dim=-1)
-    sumsq = torch.softmax(rows, dim=-1).pow(2).sum(-1)
-    out["ess"] = 1.0 / sumsq
-    out["mc_se"] = (sumsq - 1.0 / num_samples).clamp(min=0.0).sqrt()
-    out["khat"] = _psis_khat(rows).to(rows.device)
-    for k in k_list:
-        groups = num_samples // k
-        per_group = logmeanexp(rows[:, : groups * k].reshape(b, groups, k), dim=-1)  # (B, groups)
-        out[f"iwae_{k}"] = per_group.mean(-1)
-        out[f"iwae_se_{k}"] = (per_group.std(-1) / math.sqrt(groups)) if groups > 1 else _delta_se(rows[:, :k])
-
-    if has_q:
-        out["post_mean"] = q.mean.double()
-        out["kl_dim"] = _kl_per_dim(q, prior)
-    return out
-
-
-def _kl_per_dim(q: Any, prior: Any) -> Tensor:
-    """KL per latent dimension per point ``(B, d)``; NaN where the prior has no marginals."""
-    base_q = q.base_dist if isinstance(q, dist.Independent) else q
-    base_p = prior.base_dist if isinstance(prior, dist.Independent) and prior.reinterpreted_batch_ndims == 1 else None
-    if base_p is not None:
-        try:
-            return torch.distributions.kl_divergence(base_q, base_p).double()
-        except NotImplementedError:
-            pass
-    z = q.rsample((MC_KL_SAMPLES,))
-    log_p = marginal_log_prob_per_dim(prior, z)
-    if log_p is None:
-        return torch.full(q.mean.shape, math.nan, dtype=torch.float64, device=q.mean.device)
-    return (base_q.log_prob(z) - log_p).double().mean(0)
-
-
-# --------------------------------------------------------------------------- public API
-
-
-def evaluate(
-    vae: Any,
-    x: Tensor,
-    num_samples: int = 1000,
-    k_list: Sequence[int] = DEFAULT_K_LIST,
-    batch_size: int | None = None,
-    chunk_size: int | None = None,
-    levels: int | None = None,
-    fabric: Any = None,
-    seed: int | None = None,
-    *,
-    method: str = "auto",
-) -> Evaluation:
-    """Importance-sample ``log p(x_i)``, the IWAE bounds and diagnostics for every point.
-
-    Args:
-        vae: A :class:`~pyro_vae.vae.VAE`, or any object with Pyro ``model(x)`` and
-            ``guide(x)`` whose sample sites all lie in the data plate (then ``encode``
-            and ``prior`` enable the analytic KL, active units and KL per dimension).
-        x: Model-space data ``(N, *event_shape)`` (e.g. ``transform(x_raw, train=False)``).
-        num_samples: ``K``, importance samples per point.
-        k_list: Bounds ``L_k`` to report; values above ``K`` are dropped.
-        batch_size: Points per batch (default 100).
-        chunk_size: Draws per pass; default keeps ``batch * chunk * outputs * 4`` bytes
-            near 256 MB.
-        levels: Quantization levels if ``x`` is dequantized (``transform.density_levels``),
-            for bits/dim; ``None`` for probability masses.
-        fabric: A launched Lightning ``Fabric``: each rank scores ``x[rank::world]``
-            and the per-point results are gathered back into the original order.
-        seed: Seed for the draws (rank ``r`` uses ``seed + r``); the global RNG state is
-            restored afterwards. ``None`` draws from the global RNG.
-        method: ``"fused"`` computes the VAE's densities directly (fast; the draws are
-            exactly those of the traced guide), ``"trace"`` reads them off Pyro traces
-            (:func:`pyro_vae.importance.weight_terms`, any model/guide), ``"auto"``
-            fuses when ``vae`` is a :class:`~pyro_vae.vae.VAE` with its own model/guide.
-
-    Returns:
-        An :class:`Evaluation`.
-
-    Raises:
-        ValueError: Bad sizes, or a model with latent sites outside the data plate.
-
-    Example:
-        >>> from pyro_vae.vae import VAE
-        >>> vae = VAE((3,), latent_dim=1, likelihood="gaussian")
-        >>> ev = evaluate(vae, torch.zeros(4, 3), num_samples=100, k_list=(1, 100), seed=0)
-        >>> bool((ev.iwae[1] <= ev.iwae[100] + 1e-6).all())
-        True
-    """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    if any(int(k) < 1 for k in k_list):
-        raise ValueError(f"k_list entries must be >= 1, got {list(k_list)}.")
-    if method not in ("auto", "fused", "trace"):
-        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
-    k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
-    stock = is_stock_vae(vae)
-    if method == "fused" and not stock:
-        raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
-    fused = stock and method != "trace"
-    total = x.shape[0]
-    if total == 0:
-        raise ValueError("evaluate needs at least one datapoint, got an empty tensor.")
-    rank, world = rank_and_world(fabric)
-    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
-    device = fabric.device if fabric is not None else (params[0].device if params else x.device)
-    shard = points_of_rank(x, fabric).to(device)
-    batch_size = batch_size or 100
-    num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
-    width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
-    chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
-
-    tic = time.perf_counter()
-    parts: list[dict[str, Tensor]] = []
-    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae):
-        for start in range(0, len(shard), batch_size):
-            parts.append(_score_batch(vae, shard[start : start + batch_size], num_samples, chunk, k_list, fused))
-            release_freed_memory()
-    keys = parts[0].keys() if parts else ()
-    per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
-    if world > 1:
-        per_point = {key: gather_points(fabric, v, total).cpu() for key, v in per_point.items()}
-    per_point = {key: v.cpu() for key, v in per_point.items()}
-
-    unit_variance = kl_dims = None
-    if "post_mean" in per_point:
-        means = per_point["post_mean"]
-        unit_variance = means.var(0) if total > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
-        kl_dims = per_point["kl_dim"].mean(0)
-        if torch.isnan(kl_dims).any():
-            kl_dims = None
-        elif rank == 0:  # every rank holds the gathered figures; one warning is enough
-            _warn_collapse(kl_dims)
-    return Evaluation(
-        log_px=per_point["log_px"], mc_se=per_point["mc_se"], elbo=per_point["elbo"],
-        elbo_mc_se=per_point["elbo_mc_se"], reconstruction=per_point["reconstruction"], kl=per_point["kl"],
-        iwae={k: per_point[f"iwae_{k}"] for k in k_list}, iwae_mc_se={k: per_point[f"iwae_se_{k}"] for k in k_list},
-        khat=per_point["khat"], ess=per_point["ess"], unit_variance=unit_variance, kl_per_dim=kl_dims,
-        num_samples=num_samples, num_dims=num_dims, levels=levels,
-        kl_analytic=bool(per_point["kl_analytic"].all()), method="fused" if fused else "trace",
-        seconds=time.perf_counter() - tic, world_size=world,
-    )
-
-
-def _warn_collapse(kl_dims: Tensor) -> None:
-    collapsed = (kl_dims < COLLAPSE_KL).nonzero().flatten().tolist()
-    if len(collapsed) == kl_dims.numel():
-        warnings.warn(f"Posterior collapse: all {kl_dims.numel()} latent dimensions have KL < {COLLAPSE_KL} nats; "
-                      "the decoder ignores z.", PosteriorCollapseWarning, stacklevel=3)
-    elif collapsed:
-        warnings.warn(f"{len(collapsed)} of {kl_dims.numel()} latent dimensions have KL < {COLLAPSE_KL} nats "
-                      f"(collapsed units {collapsed[:20]}{'...' if len(collapsed) > 20 else ''}).",
-                      PosteriorCollapseWarning, stacklevel=3)
 
 
 def evaluate_run(
@@ -465,7 +40,7 @@ def evaluate_run(
 ) -> Evaluation:
     """Evaluate a trained run on one split; write ``report.json`` and three plots.
 
-    Loads the model with :func:`pyro_vae.train.load_run`, transforms the split with
+    Loads the model with :func:`pyro_vae.runs.load_run`, transforms the split with
     ``train=False`` (the fixed binarization/dequantization draws) and writes, into
     ``out`` (default: the run directory), ``report.json``, ``bound_vs_k.png``,
     ``khat_hist.png`` and ``kl_per_dim.png``; prints the summary.
@@ -485,9 +60,6 @@ def evaluate_run(
     Example:
         >>> ev = evaluate_run("runs/default", num_samples=100, k_list=(1, 10, 100))  # doctest: +SKIP
     """
-    from . import plots
-    from .train import load_run
-
     run_dir = Path(run_dir)
     vae, cfg, dataset, transform = load_run(run_dir, which=which)
     x = transform(dataset.split(split)[0], train=False)
@@ -498,9 +70,7 @@ def evaluate_run(
     if fabric is None or fabric.is_global_zero:
         out_dir = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(ev.to_dict(), indent=2))
-        import matplotlib.pyplot as plt
-
+        write_report(out_dir / "report.json", ev)
         for fig in (plots.bound_vs_k(ev, out_dir / "bound_vs_k.png"), plots.khat_histogram(ev, out_dir / "khat_hist.png"),
                     plots.kl_per_dim(ev, out_dir / "kl_per_dim.png")):
             plt.close(fig)

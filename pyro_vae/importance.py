@@ -1,42 +1,276 @@
-"""Per-datapoint importance weights from Pyro traces, and the IWAE objective.
+"""Importance sampling: per-datapoint log-likelihoods, IWAE bounds and their diagnostics.
 
-The terms themselves come from :mod:`pyro_vae.logjoint`. For datapoint ``x_i`` and a
-draw ``z_ik ~ q(z|x_i)``::
+For each datapoint ``x_i`` the evaluator draws ``K`` samples ``z_ik ~ q(z|x_i)`` and
+forms the unscaled log-weights ``log w_ik = log p(x_i, z_ik) - log q(z_ik|x_i)``. From
+them, per datapoint:
 
-    log w_ik = log p(x_i, z_ik) - log q(z_ik | x_i)
+* ``log p̂(x_i) = logmeanexp_k log w_ik``, the importance-sampled log-likelihood (it
+  is also the IWAE bound ``L_K``: biased low by about ``mc_se² / 2``);
+* ``L_k`` for each ``k`` in ``k_list``: the ``K`` draws split into ``K // k`` disjoint
+  groups of ``k``, the group log-mean-exps averaged (``k = 1`` is the ELBO);
+* the ELBO split into reconstruction and KL (analytic KL where torch registers one);
+* the Monte Carlo standard error of ``log p̂`` by the delta method,
+  ``sqrt(sum_k wbar_k² - 1/K) = sqrt(1/ESS - 1/K)`` with normalized weights ``wbar``;
+* the effective sample size ``1 / sum_k wbar_k²`` and the PSIS Pareto ``k̂``
+  (Vehtari et al., 2024): ``k̂ > 0.7`` means the estimate of that point is unreliable.
 
-This module reads those terms off ordinary Pyro traces of *any* model and guide
-(no per-model code), with the ``K`` draws vectorized in an extra plate. Two things
-set it apart from ``pyro.infer.Importance`` / ``vectorized_importance_weights``:
+Dataset figures are means with standard error ``std / sqrt(N)``; the latent space is
+summarised by active units (Burda et al., 2016) and KL per latent dimension.
 
-* weights stay **per datapoint** (shape ``(N, K)``) instead of being summed over the
-  batch, so ``log p(x_i)`` is estimated for each ``i``;
-* log-probabilities are **unscaled**: the plate's ``num_data / batch`` factor and a
-  ``poutine.scale`` beta never leak into the estimate.
-
-:class:`IWAE` uses the same weights as a training loss, applying the minibatch scale
-*after* the log-sum-exp. ``RenyiELBO(alpha=0)`` applies it before, which is not the
-IWAE bound under subsampling (pyro issue #3104).
+Memory is bounded: points are scored in batches and draws in chunks; only a batch's
+``(batch, K)`` weight matrix (needed for PSIS) is ever held.
 
 Example:
     >>> from pyro_vae.vae import VAE
     >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian")
-    >>> log_weights(vae.model, vae.guide, torch.rand(3, 4), num_samples=10).shape
-    torch.Size([3, 10])
+    >>> ev = evaluate(vae, torch.rand(8, 4), num_samples=50, k_list=(1, 10), seed=0)
+    >>> ev.log_px.shape, sorted(ev.iwae)
+    (torch.Size([8]), [1, 10])
+    >>> ev.to_dict()["elbo"]["mean"] <= ev.to_dict()["log_likelihood"]["mean"] + 1.0
+    True
+
+The log-weights come from :mod:`pyro_vae.logjoint` (Pyro traces of any model and
+guide, or the fused path of the stock VAE). Unlike ``pyro.infer.Importance`` they stay
+**per datapoint** and **unscaled**: the plate's ``num_data / batch`` factor and a
+``poutine.scale`` beta never leak into the estimate. Results are
+:class:`~pyro_vae.report.Evaluation` objects.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+import time
+import warnings
+from typing import Any, Callable, Sequence
 
+import pyro.distributions as dist
 import torch
-from pyro.infer.elbo import ELBO
 from torch import Tensor
 
-from .logjoint import WeightTerms, subsample_factor, weight_terms
+from .logjoint import WeightTerms, draw_log_weights, is_stock_vae, subsample_factor, weight_terms
+from .objectives import IWAE
+from .priors import marginal_log_prob_per_dim
+from .report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
+from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
+from .stats import logmeanexp
 
-__all__ = ["WeightTerms", "weight_terms", "log_weights", "IWAE", "subsample_factor"]
+# WeightTerms, weight_terms, subsample_factor and IWAE are re-exported from their new homes.
+__all__ = ["evaluate", "log_weights", "DEFAULT_K_LIST", "WeightTerms", "weight_terms", "IWAE", "subsample_factor"]
+
+DEFAULT_K_LIST = (1, 10, 100, 1000)
+MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
+MC_KL_SAMPLES = 256  # draws for per-dimension KL when there is no analytic formula
+CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to float32 precision
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def _delta_se(lw: Tensor) -> Tensor:
+    """Delta-method MC standard error of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/K)``."""
+    sumsq = torch.softmax(lw, dim=-1).pow(2).sum(-1)
+    return (sumsq - 1.0 / lw.shape[-1]).clamp(min=0.0).sqrt()
+
+
+def _psis_khat(lw: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        # arviz may warn about large k̂ (we report k̂ ourselves) and about its own refactor.
+        warnings.simplefilter("ignore")
+        import arviz as az
+
+        _, khat = az.psislw(lw.detach().cpu().double().numpy(), reff=1.0)
+    khat = torch.as_tensor(khat, dtype=torch.float64).reshape(lw.shape[0])
+    # Weights equal to float32 precision (an exact posterior) have no tail: a Pareto fit
+    # to rounding noise means nothing, and the estimate is exact, so k̂ = -inf. Otherwise
+    # arviz's inf means K was too small to fit a tail (NaN: unknown).
+    top = lw.max(-1).values.double().cpu()
+    spread = top - lw.min(-1).values.double().cpu()
+    constant = spread <= CONSTANT_SPREAD * top.abs().clamp(min=1.0)
+    return torch.where(constant, -math.inf, torch.where(torch.isfinite(khat), khat, math.nan))
+
+
+def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
+                 fused: bool) -> dict[str, Tensor]:
+    """Per-point figures of one batch; holds only this batch's ``(K, B)`` weights."""
+    b = x.shape[0]
+    has_q = hasattr(vae, "encode") and hasattr(vae, "prior")
+    q = vae.encode(x) if has_q else None
+    prior = vae.prior() if has_q else None
+    log_lik = x.new_empty(num_samples, b, dtype=torch.float32)
+    lw = torch.empty_like(log_lik)
+    for start in range(0, num_samples, chunk):
+        stop = min(num_samples, start + chunk)
+        log_lik[start:stop], lw[start:stop] = draw_log_weights(vae, x, stop - start, q, prior, fused)
+
+    out: dict[str, Tensor] = {}
+    kl_exact = None
+    if has_q:
+        try:
+            kl_exact = torch.distributions.kl_divergence(q, prior)
+        except NotImplementedError:
+            pass
+    recon = log_lik.double().mean(0)
+    if kl_exact is not None:
+        # Rao-Blackwellized: only the reconstruction is sampled.
+        out["kl"], out["elbo"] = kl_exact.double(), recon - kl_exact.double()
+        out["elbo_mc_se"] = log_lik.double().std(0) / math.sqrt(num_samples)
+    else:
+        out["kl"], out["elbo"] = recon - lw.double().mean(0), lw.double().mean(0)
+        out["elbo_mc_se"] = lw.double().std(0) / math.sqrt(num_samples)
+    out["reconstruction"] = recon
+    out["kl_analytic"] = torch.full((b,), float(kl_exact is not None), dtype=torch.float64)
+
+    rows = lw.T.double().contiguous()  # (B, K); contiguous rows keep the reductions below fast
+    out["log_px"] = logmeanexp(rows, dim=-1)
+    sumsq = torch.softmax(rows, dim=-1).pow(2).sum(-1)
+    out["ess"] = 1.0 / sumsq
+    out["mc_se"] = (sumsq - 1.0 / num_samples).clamp(min=0.0).sqrt()
+    out["khat"] = _psis_khat(rows).to(rows.device)
+    for k in k_list:
+        groups = num_samples // k
+        per_group = logmeanexp(rows[:, : groups * k].reshape(b, groups, k), dim=-1)  # (B, groups)
+        out[f"iwae_{k}"] = per_group.mean(-1)
+        out[f"iwae_se_{k}"] = (per_group.std(-1) / math.sqrt(groups)) if groups > 1 else _delta_se(rows[:, :k])
+
+    if has_q:
+        out["post_mean"] = q.mean.double()
+        out["kl_dim"] = _kl_per_dim(q, prior)
+    return out
+
+
+def _kl_per_dim(q: Any, prior: Any) -> Tensor:
+    """KL per latent dimension per point ``(B, d)``; NaN where the prior has no marginals."""
+    base_q = q.base_dist if isinstance(q, dist.Independent) else q
+    base_p = prior.base_dist if isinstance(prior, dist.Independent) and prior.reinterpreted_batch_ndims == 1 else None
+    if base_p is not None:
+        try:
+            return torch.distributions.kl_divergence(base_q, base_p).double()
+        except NotImplementedError:
+            pass
+    z = q.rsample((MC_KL_SAMPLES,))
+    log_p = marginal_log_prob_per_dim(prior, z)
+    if log_p is None:
+        return torch.full(q.mean.shape, math.nan, dtype=torch.float64, device=q.mean.device)
+    return (base_q.log_prob(z) - log_p).double().mean(0)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def evaluate(
+    vae: Any,
+    x: Tensor,
+    num_samples: int = 1000,
+    k_list: Sequence[int] = DEFAULT_K_LIST,
+    batch_size: int | None = None,
+    chunk_size: int | None = None,
+    levels: int | None = None,
+    fabric: Any = None,
+    seed: int | None = None,
+    *,
+    method: str = "auto",
+) -> Evaluation:
+    """Importance-sample ``log p(x_i)``, the IWAE bounds and diagnostics for every point.
+
+    Args:
+        vae: A :class:`~pyro_vae.vae.VAE`, or any object with Pyro ``model(x)`` and
+            ``guide(x)`` whose sample sites all lie in the data plate (then ``encode``
+            and ``prior`` enable the analytic KL, active units and KL per dimension).
+        x: Model-space data ``(N, *event_shape)`` (e.g. ``transform(x_raw, train=False)``).
+        num_samples: ``K``, importance samples per point.
+        k_list: Bounds ``L_k`` to report; values above ``K`` are dropped.
+        batch_size: Points per batch (default 100).
+        chunk_size: Draws per pass; default keeps ``batch * chunk * outputs * 4`` bytes
+            near 256 MB.
+        levels: Quantization levels if ``x`` is dequantized (``transform.density_levels``),
+            for bits/dim; ``None`` for probability masses.
+        fabric: A launched Lightning ``Fabric``: each rank scores ``x[rank::world]``
+            and the per-point results are gathered back into the original order.
+        seed: Seed for the draws (rank ``r`` uses ``seed + r``); the global RNG state is
+            restored afterwards. ``None`` draws from the global RNG.
+        method: ``"fused"`` computes the VAE's densities directly (fast; the draws are
+            exactly those of the traced guide), ``"trace"`` reads them off Pyro traces
+            (:func:`pyro_vae.importance.weight_terms`, any model/guide), ``"auto"``
+            fuses when ``vae`` is a :class:`~pyro_vae.vae.VAE` with its own model/guide.
+
+    Returns:
+        An :class:`Evaluation`.
+
+    Raises:
+        ValueError: Bad sizes, or a model with latent sites outside the data plate.
+
+    Example:
+        >>> from pyro_vae.vae import VAE
+        >>> vae = VAE((3,), latent_dim=1, likelihood="gaussian")
+        >>> ev = evaluate(vae, torch.zeros(4, 3), num_samples=100, k_list=(1, 100), seed=0)
+        >>> bool((ev.iwae[1] <= ev.iwae[100] + 1e-6).all())
+        True
+    """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    if any(int(k) < 1 for k in k_list):
+        raise ValueError(f"k_list entries must be >= 1, got {list(k_list)}.")
+    if method not in ("auto", "fused", "trace"):
+        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
+    k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
+    stock = is_stock_vae(vae)
+    if method == "fused" and not stock:
+        raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
+    fused = stock and method != "trace"
+    total = x.shape[0]
+    if total == 0:
+        raise ValueError("evaluate needs at least one datapoint, got an empty tensor.")
+    rank, world = rank_and_world(fabric)
+    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
+    device = fabric.device if fabric is not None else (params[0].device if params else x.device)
+    shard = points_of_rank(x, fabric).to(device)
+    batch_size = batch_size or 100
+    num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
+    width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
+    chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
+
+    tic = time.perf_counter()
+    parts: list[dict[str, Tensor]] = []
+    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae):
+        for start in range(0, len(shard), batch_size):
+            parts.append(_score_batch(vae, shard[start : start + batch_size], num_samples, chunk, k_list, fused))
+            release_freed_memory()
+    keys = parts[0].keys() if parts else ()
+    per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
+    if world > 1:
+        per_point = {key: gather_points(fabric, v, total).cpu() for key, v in per_point.items()}
+    per_point = {key: v.cpu() for key, v in per_point.items()}
+
+    unit_variance = kl_dims = None
+    if "post_mean" in per_point:
+        means = per_point["post_mean"]
+        unit_variance = means.var(0) if total > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
+        kl_dims = per_point["kl_dim"].mean(0)
+        if torch.isnan(kl_dims).any():
+            kl_dims = None
+        elif rank == 0:  # every rank holds the gathered figures; one warning is enough
+            _warn_collapse(kl_dims)
+    return Evaluation(
+        log_px=per_point["log_px"], mc_se=per_point["mc_se"], elbo=per_point["elbo"],
+        elbo_mc_se=per_point["elbo_mc_se"], reconstruction=per_point["reconstruction"], kl=per_point["kl"],
+        iwae={k: per_point[f"iwae_{k}"] for k in k_list}, iwae_mc_se={k: per_point[f"iwae_se_{k}"] for k in k_list},
+        khat=per_point["khat"], ess=per_point["ess"], unit_variance=unit_variance, kl_per_dim=kl_dims,
+        num_samples=num_samples, num_dims=num_dims, levels=levels,
+        kl_analytic=bool(per_point["kl_analytic"].all()), method="fused" if fused else "trace",
+        seconds=time.perf_counter() - tic, world_size=world,
+    )
+
+
+def _warn_collapse(kl_dims: Tensor) -> None:
+    collapsed = (kl_dims < COLLAPSE_KL).nonzero().flatten().tolist()
+    if len(collapsed) == kl_dims.numel():
+        warnings.warn(f"Posterior collapse: all {kl_dims.numel()} latent dimensions have KL < {COLLAPSE_KL} nats; "
+                      "the decoder ignores z.", PosteriorCollapseWarning, stacklevel=3)
+    elif collapsed:
+        warnings.warn(f"{len(collapsed)} of {kl_dims.numel()} latent dimensions have KL < {COLLAPSE_KL} nats "
+                      f"(collapsed units {collapsed[:20]}{'...' if len(collapsed) > 20 else ''}).",
+                      PosteriorCollapseWarning, stacklevel=3)
+
 
 @torch.no_grad()
 def log_weights(
@@ -55,46 +289,3 @@ def log_weights(
         terms = weight_terms(model, guide, x, num_samples=k, max_plate_nesting=max_plate_nesting, **kwargs)
         parts.append(terms.log_weight)
     return torch.cat(parts, dim=0).T
-
-
-class IWAE(ELBO):
-    """The importance-weighted bound (Burda et al., 2016) as a Pyro loss.
-
-    ``L_K = sum_i log (1/K) sum_k w_ik``, with each datapoint's term multiplied by the
-    data plate's subsample factor after the log-sum-exp, so a minibatch gives an
-    unbiased estimate of the full-data bound. A ``poutine.scale`` beta on a site
-    weights that site's log-probability inside ``w``.
-
-    Args:
-        num_particles: ``K``, draws per datapoint (vectorized).
-        max_plate_nesting: Plates in the model (1 for :class:`~pyro_vae.vae.VAE`).
-
-    Example:
-        >>> from pyro_vae.vae import VAE
-        >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian")
-        >>> IWAE(num_particles=5).differentiable_loss(vae.model, vae.guide, torch.rand(3, 4)).shape
-        torch.Size([])
-    """
-
-    def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1) -> None:
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
-
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
-        terms = weight_terms(
-            model, guide, *args, num_samples=self.num_particles, max_plate_nesting=self.max_plate_nesting, **kwargs
-        )
-        bound = torch.logsumexp(terms.weighted, dim=0) - math.log(self.num_particles)
-        return -terms.data_scale * bound.sum()
-
-    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        with torch.no_grad():
-            return self.differentiable_loss(model, guide, *args, **kwargs).item()
-
-    def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: dict):
-        # The particles are vectorized inside ``weight_terms``; there is no per-particle trace.
-        raise NotImplementedError("IWAE traces all particles at once; use differentiable_loss.")
-
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return loss.item()

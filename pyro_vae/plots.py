@@ -1,7 +1,10 @@
-"""Pictures of models and runs (matplotlib; image grids by ``torchvision.utils.make_grid``).
+"""Pictures of models and results (matplotlib; image grids by ``torchvision.utils.make_grid``).
 
-Every function returns the :class:`matplotlib.figure.Figure` and saves a PNG when
-given ``path``. Images are shown on the data's grey scale (levels mapped to [0, 1]).
+A leaf of the package: it takes a VAE, tensors, histories and result objects and
+draws; which pictures a run gets is decided by :mod:`pyro_vae.runs` (training) and
+:mod:`pyro_vae.evaluate` (evaluation). Every function returns the
+:class:`matplotlib.figure.Figure` and saves a PNG when given ``path``. Images are shown
+on the data's grey scale (levels mapped to [0, 1]).
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-if TYPE_CHECKING:
-    from .train import FitResult
+if TYPE_CHECKING:  # types only: plots is a leaf and imports nothing of pyro_vae at run time
+    from .report import Evaluation
     from .vae import VAE
 
-__all__ = ["to_images", "image_grid", "sample_grid", "reconstruction_grid", "training_curves", "save_run_pictures"]
+__all__ = ["to_images", "image_grid", "sample_grid", "reconstruction_grid", "training_curves"]
 
 
 def to_images(x: Tensor, vae: "VAE") -> Tensor:
@@ -116,22 +119,7 @@ def training_curves(history: Sequence[dict], path: str | Path | None = None):
     return _save(fig, path)
 
 
-def save_run_pictures(result: "FitResult") -> None:
-    """The pictures every training run leaves in its run directory."""
-    vae, run_dir = result.vae, result.run_dir
-    x = result.transform(result.dataset.test[:32].to(next(vae.parameters()).device), train=False)
-    for fig in (
-        sample_grid(vae, path=run_dir / "samples.png"),
-        reconstruction_grid(vae, x, path=run_dir / "reconstructions.png"),
-        training_curves(result.history, path=run_dir / "curves.png"),
-    ):
-        plt.close(fig)
-
-
 # --------------------------------------------------------------------------- evaluation
-
-if TYPE_CHECKING:
-    from .evaluate import Evaluation
 
 __all__ += ["bound_vs_k", "khat_histogram", "kl_per_dim"]
 

@@ -34,7 +34,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
-from .importance import IWAE
+from .objectives import IWAE
 from .likelihoods import check_support, resolve_likelihood
 from .nets import make_decoder, make_encoder
 from .priors import resolve_prior

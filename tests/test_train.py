@@ -167,12 +167,12 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
 def test_burda_schedule_steps_at_fixed_epochs():
     """lr 1e-3 * 10^(-i/7) for 3^i epochs: milestones at epochs 1, 4, 13, ..., 1093, whatever train.epochs is."""
     from pyro_vae.config import from_dict
-    from pyro_vae.train import _scheduler, build_optimizer
+    from pyro_vae.build import build_optimizer, build_scheduler
 
     tc = from_dict({"train": {"lr_schedule": "burda", "epochs": 5, "adam_eps": 1e-4}}).train
     optimizer = build_optimizer(tc, [torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["eps"] == 1e-4
-    scheduler, steps_per_epoch, lrs = _scheduler(optimizer, tc, 3), 3, []
+    scheduler, steps_per_epoch, lrs = build_scheduler(optimizer, tc, 3), 3, []
     for _ in range(1100 * steps_per_epoch):
         lrs.append(optimizer.param_groups[0]["lr"])
         optimizer.step()

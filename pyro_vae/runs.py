@@ -1,0 +1,153 @@
+"""Run directories: what a run writes, which checkpoint to read, and loading a trained model back.
+
+A run directory written by ``pyro-vae train`` holds::
+
+    config.yaml          the validated config the run was trained with
+    checkpoint.pt        the latest epoch (for --resume); carries its own config
+    best.pt              the epoch with the best validation ELBO (when there is validation)
+    metrics.csv/.json    one row per epoch
+    samples.png, reconstructions.png, curves.png
+
+Every checkpoint carries its config and the shape of its data (:class:`~pyro_vae.build.DataShape`),
+so :func:`load_model` rebuilds the trained VAE and its data transform without the data;
+:func:`load_run` also loads the dataset, for scoring. Training (:mod:`pyro_vae.train`),
+evaluation, comparison and the CLI all read and write runs through this module.
+
+Example:
+    >>> import tempfile
+    >>> from pyro_vae.train import fit
+    >>> run = fit({"model": {"latent_dim": 2, "net": {"hidden": [8]}}, "train": {"epochs": 1}},
+    ...           run_dir=tempfile.mkdtemp(), progress=False).run_dir
+    >>> vae, transform = load_model(run)
+    >>> vae.latent_dim, checkpoint_path(run, "best").name
+    (2, 'best.pt')
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import pyro
+import torch
+
+from . import config as config_lib
+from . import plots
+from .build import DataShape, build_transform, build_vae, load_data
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Dataset
+from .transforms import DataTransform
+from .vae import VAE
+
+__all__ = ["CHECKPOINT", "BEST", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
+           "checkpoint_path", "load_model", "load_run", "read_history"]
+
+CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
+WHICH = ("best", "last")
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Create ``run_dir`` and write the run's ``config.yaml``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.dump(cfg, run_dir / "config.yaml")
+
+
+def save_epoch(run_dir: Path, state: dict[str, Any], improved: bool) -> None:
+    """Write the epoch's checkpoint (atomically), and ``best.pt`` too when validation improved."""
+    save_checkpoint(run_dir / CHECKPOINT, state)
+    if improved:
+        save_checkpoint(run_dir / BEST, state)
+
+
+def write_metrics(run_dir: Path, history: Sequence[dict]) -> None:
+    """``metrics.json`` and ``metrics.csv``: one row per epoch."""
+    (run_dir / "metrics.json").write_text(json.dumps(list(history), indent=2))
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    """The per-epoch metrics of a run (empty when it has none yet)."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Sequence[dict]) -> None:
+    """The pictures every training run leaves: samples, reconstructions of ``x`` (model space) and curves."""
+    for fig in (
+        plots.sample_grid(vae, path=run_dir / "samples.png"),
+        plots.reconstruction_grid(vae, x, path=run_dir / "reconstructions.png"),
+        plots.training_curves(history, path=run_dir / "curves.png"),
+    ):
+        plt.close(fig)
+
+
+def save_run_pictures(result: Any) -> None:
+    """:func:`save_training_pictures` for a :class:`~pyro_vae.train.FitResult` (its first 32 test points)."""
+    x = result.transform(result.dataset.test[:32].to(next(result.vae.parameters()).device), train=False)
+    save_training_pictures(result.run_dir, result.vae, x, result.history)
+
+
+def checkpoint_path(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint file of a run directory: ``"best"`` (falling back to the latest) or ``"last"``.
+
+    A path to a ``.pt`` file is returned as it is.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}.")
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    best = path / BEST
+    return best if which == "best" and best.exists() else path / CHECKPOINT
+
+
+def _rebuild(state: dict[str, Any], shape: DataShape) -> tuple[VAE, Config, DataTransform]:
+    cfg = config_lib.from_dict(state["config"])
+    with pyro.settings.context(module_local_params=True):
+        vae = build_vae(cfg, shape)
+    vae.load_state_dict(state["model"])
+    vae.num_data = None
+    vae.eval()
+    return vae, cfg, build_transform(cfg, shape, vae)
+
+
+def load_model(path: str | Path, which: str = "best") -> tuple[VAE, DataTransform]:
+    """The trained VAE and its data transform, from a run directory or checkpoint, without the data.
+
+    Args:
+        path: A run directory or a ``.pt`` checkpoint.
+        which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
+
+    Raises:
+        CheckpointError: The checkpoint predates data shapes in checkpoints (use :func:`load_run`).
+    """
+    file = checkpoint_path(path, which)
+    state = load_checkpoint(file)
+    if "data_shape" not in state:
+        raise CheckpointError(f"Checkpoint {str(file)!r} does not record its data shape (written by an older "
+                              "pyro_vae); load it with pyro_vae.runs.load_run, which reads the data.")
+    vae, _, transform = _rebuild(state, DataShape.from_dict(state["data_shape"]))
+    return vae, transform
+
+
+def load_run(path: str | Path, which: str = "best",
+             data_root: str | None = None) -> tuple[VAE, Config, Dataset, DataTransform]:
+    """Rebuild a trained model and its data pipeline from a run directory or checkpoint file.
+
+    Args:
+        path: A run directory or a ``.pt`` checkpoint.
+        which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
+        data_root: Where the data lives now, if it moved since training.
+    """
+    state = load_checkpoint(checkpoint_path(path, which))
+    cfg = config_lib.from_dict(state["config"])
+    dataset = load_data(cfg, root=data_root)
+    vae, cfg, transform = _rebuild(state, DataShape.of(dataset))
+    return vae, cfg, dataset, transform
