@@ -204,11 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
     from .config import ConfigError
+    from .runs import RunDirError
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
     try:
         return commands[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CheckpointError, RunDirError, FileNotFoundError, ValueError) as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

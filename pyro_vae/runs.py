@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import pyro
@@ -43,11 +45,58 @@ from .data import Dataset
 from .transforms import DataTransform
 from .vae import VAE
 
-__all__ = ["CHECKPOINT", "BEST", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
+__all__ = ["CHECKPOINT", "BEST", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
            "checkpoint_path", "load_model", "load_run", "read_history"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 WHICH = ("best", "last")
+
+
+class RunDirError(RuntimeError):
+    """A run directory cannot be used: not writable, or in use by another process."""
+
+
+@contextmanager
+def locked_run_dir(run_dir: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``run_dir`` (created if needed) while a run writes to it.
+
+    A second writer fails at once instead of silently overwriting the first one's
+    checkpoints. The lock is an ``fcntl.flock`` on ``run_dir/.lock``, released by the
+    operating system even if the process is killed, so a crash never leaves a stale lock.
+    Temporary files that an interrupted checkpoint write left behind are removed.
+
+    Raises:
+        RunDirError: The directory is not writable or another process holds the lock.
+    """
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")
+    except OSError as exc:
+        raise RunDirError(f"Run directory {str(run_dir)!r} is not writable ({exc.strerror}); "
+                          "choose another --out / config `out`.") from exc
+    try:
+        try:
+            import fcntl  # POSIX; where it is missing (Windows) runs are not locked
+        except ImportError:
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise RunDirError(f"Run directory {str(run_dir)!r} is in use by another training process "
+                                  f"(pid {owner}); wait for it to finish or choose another --out.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        for leftover in run_dir.glob(".*.tmp"):  # from a write interrupted by a crash; never a live file
+            leftover.unlink(missing_ok=True)
+        yield run_dir
+    finally:
+        handle.close()
 
 
 def prepare_run_dir(run_dir: Path, cfg: Config) -> None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyro
 import torch
@@ -124,6 +126,15 @@ def fit(
 
     fabric = make_fabric(tc)
     fabric.launch()
+    with ExitStack() as stack:
+        if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
+            stack.enter_context(runs.locked_run_dir(run_dir))
+        return _fit(cfg, fabric, run_dir, state, progress, dataset)
+
+
+def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
+         dataset: Dataset | None) -> FitResult:
+    tc = cfg.train
     pyro.set_rng_seed(tc.seed)
     dataset = dataset or load_data(cfg)
     selects_on_val = not (dataset.val_is_test or dataset.no_validation)

@@ -197,3 +197,22 @@ def test_mnist_val_fraction_zero_trains_on_every_image(tmp_path):
     assert not (tmp_path / "run" / "best.pt").exists()
     with pytest.raises(ConfigError, match="no validation split"):
         fit({**cfg, "train": {**cfg["train"], "patience": 3}}, progress=False)
+
+
+def test_a_second_writer_of_a_run_dir_fails_at_once(tmp_path):
+    """While one process trains into a run directory, another gets a clear error before loading any data."""
+    from pyro_vae.runs import RunDirError, locked_run_dir
+
+    (tmp_path / ".checkpoint.pt.abc.tmp").write_bytes(b"half a checkpoint")
+    with locked_run_dir(tmp_path):
+        assert not (tmp_path / ".checkpoint.pt.abc.tmp").exists()  # leftovers of a crashed write are removed
+        code = ("import sys; from pyro_vae.train import fit; from pyro_vae.runs import RunDirError\n"
+                f"try:\n    fit({{'train': {{'epochs': 1}}}}, run_dir={str(tmp_path)!r}, progress=False)\n"
+                "except RunDirError as e:\n    print(e); sys.exit(3)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 3, proc.stderr
+        assert "in use by another training process" in proc.stdout and str(os.getpid()) in proc.stdout
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(RunDirError, match="not writable"):  # a run directory below a file cannot be made
+        with locked_run_dir(tmp_path / "a_file" / "run"):
+            pass
