@@ -26,8 +26,10 @@ import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from . import config as config_lib
+from . import parts
 from .config import Config, ConfigError, TrainConfig
 from .data import Dataset, load_dataset
+from .likelihoods import resolve_likelihood
 from .objectives import IWAE
 from .transforms import DataTransform
 from .vae import VAE
@@ -80,13 +82,43 @@ def load_data(cfg: Config, root: str | None = None) -> Dataset:
                         val_fraction=d.val_fraction, test_fraction=d.test_fraction)
 
 
-def build_vae(cfg: Config, data: Dataset | DataShape) -> VAE:
-    """The VAE a config describes, shaped for ``data`` (a dataset or its :class:`DataShape`)."""
+def _named_part(kind: str, name: str, settings: dict) -> tuple[Any, dict]:
+    """A prior/likelihood spec for the VAE: a registered name with its settings, or the built import path."""
+    if not parts.is_import_path(name):
+        return name, dict(settings)
+    made = parts.lookup(kind, name)(**settings)
+    object.__setattr__(made, "_part_spec", (name, dict(settings)))  # rebuilt by the same path
+    return made, {}
+
+
+def build_vae(cfg: Config, data: Dataset | DataShape, **objects: Any) -> VAE:
+    """The VAE a config describes, shaped for ``data`` (a dataset or its :class:`DataShape`).
+
+    Args:
+        cfg: The config; every part is a registered name or an import path.
+        data: The dataset, or just its :class:`DataShape`.
+        **objects: Ready parts that replace the config's (``prior=``, ``likelihood=``,
+            ``encoder=``, ``decoder=``): what :func:`~pyro_vae.train.fit` was handed.
+    """
     m = cfg.model
-    return VAE(
-        event_shape=data.event_shape, latent_dim=m.latent_dim, prior=m.prior, likelihood=m.likelihood,
+    prior, prior_kwargs = (objects["prior"], {}) if objects.get("prior") is not None else \
+        _named_part("prior", m.prior, m.prior_kwargs)
+    likelihood, likelihood_kwargs = (objects["likelihood"], {}) if objects.get("likelihood") is not None else \
+        _named_part("likelihood", m.likelihood, m.likelihood_kwargs)
+    lik_for_shape = resolve_likelihood(likelihood, **likelihood_kwargs)
+    lik_for_shape.bind(tuple(data.event_shape), data.levels)
+    encoder, decoder = objects.get("encoder"), objects.get("decoder")
+    if encoder is None and m.encoder is not None:
+        encoder = parts.lookup("encoder", m.encoder)(event_shape=tuple(data.event_shape), latent_dim=m.latent_dim,
+                                                     **m.encoder_kwargs)
+    if decoder is None and m.decoder is not None:
+        decoder = parts.lookup("decoder", m.decoder)(latent_dim=m.latent_dim, event_shape=tuple(data.event_shape),
+                                                     num_params=lik_for_shape.num_params, **m.decoder_kwargs)
+    cls = VAE if m.vae is None else parts.lookup("vae", m.vae)
+    return cls(
+        event_shape=data.event_shape, latent_dim=m.latent_dim, prior=prior, likelihood=lik_for_shape,
         net=m.net.kind, hidden=m.net.hidden, activation=m.net.activation, levels=data.levels,
-        prior_kwargs=m.prior_kwargs, likelihood_kwargs=m.likelihood_kwargs,
+        prior_kwargs=prior_kwargs, encoder=encoder, decoder=decoder, **m.vae_kwargs,
     )
 
 
@@ -130,7 +162,14 @@ def build_optimizer(train: TrainConfig, params) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_per_epoch: int):
-    """The learning-rate schedule ``train.lr_schedule`` names, stepped once per optimizer step (or ``None``)."""
+    """The learning-rate schedule ``train.lr_schedule`` names, stepped once per optimizer step (or ``None``).
+
+    ``none``, ``step`` and ``burda`` give every step a rate that depends on the step
+    alone, so a run extended on resume (``--resume --epochs N``) equals one planned for
+    ``N`` epochs from the start. ``cosine`` anneals to 0 over ``train.epochs``: its rate
+    at every step depends on the planned length, so :func:`pyro_vae.train.fit` refuses
+    to extend (or shorten) a cosine run.
+    """
     if train.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, train.epochs * steps_per_epoch))
     if train.lr_schedule == "burda":

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import inspect
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,15 +28,20 @@ from typing import Any
 
 import yaml
 
+from . import parts
 from .data import DATASETS
-from .likelihoods import LIKELIHOODS
 from .nets import ACTIVATIONS, NETS
-from .priors import PRIORS
 from .transforms import BINARIZE_MODES
 
 __all__ = ["ConfigError", "DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
 
 OBJECTIVES = ("elbo", "meanfield", "iwae")
+PART_KEYS = ("prior", "likelihood", "encoder", "decoder", "vae")
+# What the library passes to a part itself; a user's settings may not override it.
+RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", "event_shape", "num_params"),
+            "vae": ("event_shape", "latent_dim", "prior", "likelihood", "net", "hidden", "activation", "encoder",
+                    "decoder", "levels", "prior_kwargs", "likelihood_kwargs")}
+LEVEL_LIKELIHOODS = ("categorical", "poisson")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
 
 
@@ -87,7 +92,19 @@ class NetConfig:
 
 @dataclass
 class ModelConfig:
-    """The VAE's parts. ``prior``/``likelihood`` are registered names (see ``pyro-vae list``)."""
+    """The VAE's parts, each a registered name (see ``pyro-vae list``) or an import path.
+
+    Attributes:
+        prior: A registered prior or ``"package.module:Name"`` (a class or function
+            returning a module whose ``forward()`` gives p(z)); settings in ``prior_kwargs``.
+        likelihood: A registered likelihood or an import path; settings in ``likelihood_kwargs``.
+        encoder: ``None`` (built from ``net``) or an encoder by name/import path, called as
+            ``encoder(event_shape=..., latent_dim=..., **encoder_kwargs)``.
+        decoder: ``None`` (built from ``net``) or a decoder, called as
+            ``decoder(latent_dim=..., event_shape=..., num_params=..., **decoder_kwargs)``.
+        vae: ``None`` (the stock :class:`~pyro_vae.vae.VAE`) or a subclass by name/import
+            path, called with the VAE's arguments and ``**vae_kwargs``.
+    """
 
     latent_dim: int = 8
     prior: str = "normal"
@@ -95,6 +112,12 @@ class ModelConfig:
     likelihood: str = "categorical"
     likelihood_kwargs: dict = field(default_factory=dict)
     net: NetConfig = field(default_factory=NetConfig)
+    encoder: str | None = None
+    encoder_kwargs: dict = field(default_factory=dict)
+    decoder: str | None = None
+    decoder_kwargs: dict = field(default_factory=dict)
+    vae: str | None = None
+    vae_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -203,7 +226,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value, f"{full}.")
-        elif cls is ModelConfig and key in ("prior", "likelihood") and isinstance(value, dict):
+        elif cls is ModelConfig and key in PART_KEYS and isinstance(value, dict):
             # `prior: {name: mog, k: 10}` is shorthand for prior + prior_kwargs.
             value = dict(value)
             if "name" not in value:
@@ -217,10 +240,31 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def _settings(strategy: Any) -> list[str]:
-    """The named settings a prior/likelihood strategy accepts (not ``*args``/``**kwargs``)."""
-    kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-    return [p.name for p in inspect.signature(strategy).parameters.values() if p.kind not in kinds]
+def _check_parts(model: ModelConfig) -> None:
+    for kind in PART_KEYS:
+        name, settings = getattr(model, kind), getattr(model, f"{kind}_kwargs")
+        if name is None:
+            if settings:
+                raise ConfigError(f"model.{kind}_kwargs is set but model.{kind} is not; name the {kind} too.")
+            continue
+        if not parts.is_import_path(name) and name not in parts.KINDS[kind]:
+            registered = list(parts.KINDS[kind])
+            hint = difflib.get_close_matches(name, registered, n=1)
+            raise ConfigError(f"model.{kind}: unknown value {name!r}; valid choices: {', '.join(registered) or 'none'}, "
+                              f"or an import path 'package.module:Name'.{f' Did you mean {hint[0]!r}?' if hint else ''}")
+        try:
+            strategy = parts.lookup(kind, name)
+            parts.check_settings(f"model.{kind}_kwargs", name, strategy, settings, RESERVED.get(kind, ()))
+        except parts.PartError as exc:
+            raise ConfigError(f"model.{kind}: {exc}" if not str(exc).startswith("model.") else str(exc)) from None
+
+
+def _finite(key: str, value: float | None, low: float, *, strict: bool = False, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    bad = value is None or not math.isfinite(value) or (value <= low if strict else value < low)
+    if bad:
+        raise ConfigError(f"{key} must be a finite number {'>' if strict else '>='} {low}, got {value}.")
 
 
 def _validate(cfg: Config) -> None:
@@ -230,37 +274,42 @@ def _validate(cfg: Config) -> None:
     if isinstance(cfg.data.dequantize, bool):
         cfg.data.dequantize = "true" if cfg.data.dequantize else "false"
     _choices("data.dequantize", cfg.data.dequantize, ("auto", "true", "false"))
-    _choices("model.prior", cfg.model.prior, PRIORS)
-    _choices("model.likelihood", cfg.model.likelihood, LIKELIHOODS)
     _choices("model.net.kind", cfg.model.net.kind, NETS)
     _choices("model.net.activation", cfg.model.net.activation, ACTIVATIONS)
     _choices("train.objective", cfg.train.objective, OBJECTIVES)
     _choices("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
-    for kind, name, kwargs, registry in (
-        ("model.prior_kwargs", cfg.model.prior, cfg.model.prior_kwargs, PRIORS),
-        ("model.likelihood_kwargs", cfg.model.likelihood, cfg.model.likelihood_kwargs, LIKELIHOODS),
-    ):
-        params = _settings(registry[name])
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise ConfigError(f"{kind}: {name!r} has no settings {unknown}; valid settings: {', '.join(params) or 'none'}.")
+    _choices("train.accelerator", cfg.train.accelerator, ("cpu", "gpu", "cuda", "mps", "tpu", "auto"))
+    _check_parts(cfg.model)
+    if cfg.data.binarize != "none" and cfg.model.likelihood in LEVEL_LIKELIHOODS:
+        raise ConfigError(f"data.binarize: {cfg.data.binarize} makes binary data, which likelihood "
+                          f"{cfg.model.likelihood!r} (it models integer levels) cannot score; set model.likelihood: "
+                          "bernoulli (CLI --likelihood bernoulli), or data.binarize: none.")
     positive = {
         "model.latent_dim": cfg.model.latent_dim, "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
         "train.num_particles": cfg.train.num_particles, "train.devices": cfg.train.devices, "train.num_nodes": cfg.train.num_nodes,
+        "train.lr_step_epochs": cfg.train.lr_step_epochs, "train.metrics_max_points": cfg.train.metrics_max_points,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}.")
-    if not cfg.train.adam_eps > 0:
-        raise ConfigError(f"train.adam_eps must be > 0, got {cfg.train.adam_eps}.")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be > 0, got {cfg.train.lr}.")
-    if cfg.train.beta < 0:
-        raise ConfigError(f"train.beta must be >= 0, got {cfg.train.beta}.")
+    for i, size in enumerate(cfg.model.net.hidden or []):
+        if size < 1:
+            raise ConfigError(f"model.net.hidden[{i}] must be >= 1, got {size} (such a layer cuts z off the "
+                              "decoder); use [] for a linear net.")
+    if cfg.train.patience is not None and cfg.train.patience < 1:
+        raise ConfigError(f"train.patience must be >= 1 epoch or null (no early stopping), got {cfg.train.patience}.")
+    _finite("train.lr", cfg.train.lr, 0.0, strict=True)
+    _finite("train.adam_eps", cfg.train.adam_eps, 0.0, strict=True)
+    _finite("train.beta", cfg.train.beta, 0.0)
+    _finite("train.warmup_epochs", cfg.train.warmup_epochs, 0.0)
+    _finite("train.weight_decay", cfg.train.weight_decay, 0.0)
+    _finite("train.grad_clip", cfg.train.grad_clip, 0.0, strict=True, optional=True)
     if cfg.train.objective == "iwae" and cfg.train.num_particles < 2:
         raise ConfigError("train.objective 'iwae' needs train.num_particles >= 2 (K importance samples), e.g. 5.")
-    if not 0 <= cfg.data.val_fraction < 1 or not 0 <= cfg.data.test_fraction < 1:
-        raise ConfigError("data.val_fraction and data.test_fraction must lie in [0, 1).")
+    for key in ("val_fraction", "test_fraction"):
+        value = getattr(cfg.data, key)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ConfigError(f"data.{key} must lie in [0, 1), got {value}.")
 
 
 def from_dict(raw: dict | None) -> Config:
@@ -270,15 +319,44 @@ def from_dict(raw: dict | None) -> Config:
     return cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; anything this large is not one
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (an alias bomb expands to 10^9 leaves) and without duplicate keys."""
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ConfigError(f"YAML aliases (*{event.anchor}) are not allowed in config files "
+                              f"(line {event.start_mark.line + 1}); write the values out.")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+                                  "each key may appear once per section.")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load(path: str | Path) -> Config:
-    """Read a YAML config file."""
+    """Read a YAML config file (safe YAML; no aliases, no duplicate keys, at most 1 MB)."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"Config file {str(path)!r} does not exist.")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"Config file {str(path)!r} is {path.stat().st_size} bytes, too large for a config (limit 1 MB).")
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {exc}") from exc
+        raw = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"Config file {str(path)!r}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"Config file {str(path)!r} is not valid YAML: {detail}") from None
     return from_dict(raw)
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.distributions import constraints, transform_to
 
 from . import ops
+from ._recorded import RecordsSettings, recorded_strategy
 
 __all__ = [
     "Likelihood",
@@ -49,7 +50,7 @@ __all__ = [
 ]
 
 
-class Likelihood(nn.Module):
+class Likelihood(RecordsSettings, nn.Module):
     """Base class for p(x|z).
 
     Attributes:
@@ -180,16 +181,19 @@ class Generic(Likelihood):
         return f"{self.cls.__name__}, free={self.free}, fixed={self.fixed}"
 
 
+@recorded_strategy
 def bernoulli() -> Generic:
     """Bernoulli on binary data, parametrized by logits (the BCE loss, done right)."""
     return Generic(dist.Bernoulli)
 
 
+@recorded_strategy
 def continuous_bernoulli() -> Generic:
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham, 2019): a proper density on [0, 1]."""
     return Generic(dist.ContinuousBernoulli)
 
 
+@recorded_strategy
 def gaussian(scale: float = 0.1) -> Generic:
     """Gaussian with fixed ``scale``; its negative log-density is MSE / (2 scale^2) + const."""
     if scale <= 0:
@@ -197,16 +201,19 @@ def gaussian(scale: float = 0.1) -> Generic:
     return Generic(functools.partial(dist.Normal, scale=scale))
 
 
+@recorded_strategy
 def laplace() -> Generic:
     """Laplace with loc and scale from the decoder (an L1 reconstruction loss with learned scale)."""
     return Generic(dist.Laplace)
 
 
+@recorded_strategy
 def beta() -> Generic:
     """Beta on (0, 1): both concentrations from the decoder. Needs dequantized data."""
     return Generic(dist.Beta)
 
 
+@recorded_strategy
 def poisson() -> Generic:
     """Poisson on integer levels (counts)."""
     return Generic(dist.Poisson)
@@ -318,6 +325,7 @@ def resolve_likelihood(spec: Any = "bernoulli", **kwargs: Any) -> Likelihood:
             )
         made = LIKELIHOODS[spec](**kwargs)
         made._name = spec
+        object.__setattr__(made, "_part_spec", (spec, dict(kwargs)))
         return made
     if kwargs:
         raise ValueError("Likelihood settings can only be given with a likelihood name.")

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .likelihoods import Generic
 
-__all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "subsample_factor", "is_stock_vae", "fused_bernoulli",
+__all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", "subsample_factor", "is_stock_vae", "fused_bernoulli",
            "log_joint", "log_lik_blocks", "bernoulli_log_prob_pieces", "draw_log_weights",
            "BLOCK_ELEMENTS", "PIECE_ELEMENTS", "PARTICLE_PLATE"]
 
@@ -152,21 +152,8 @@ def trace_log_joint(model: Callable, x: Tensor, latents: dict[str, Tensor], max_
     Returns:
         The unscaled sum over sites of ``log p``, shape ``(S, N)``.
     """
-    n = x.shape[0]
-    s = next(iter(latents.values())).shape[0]
-    with pyro.plate(PARTICLE_PLATE, s, dim=-(max_plate_nesting + 1)):
-        trace = poutine.trace(poutine.condition(model, data=latents)).get_trace(x, **kwargs)
-    total = torch.zeros((), device=x.device)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if not site["is_observed"]:
-            raise ValueError(f"Model site {name!r} was sampled, not conditioned: pass its value in `latents`.")
-        log_p = _per_datapoint(name, site, site["fn"].log_prob(site["value"]), s, n)
-        if site.get("mask") is not None and site["mask"] is not True:
-            log_p = log_p * site["mask"]
-        total = total + log_p
-    return total.expand(s, n)
+    given, observed = trace_log_terms(model, x, latents, max_plate_nesting, **kwargs)
+    return given + observed
 
 
 def log_joint(vae: Any, x: Tensor, z: Tensor) -> Tensor:
@@ -278,3 +265,47 @@ def draw_log_weights(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: boo
     log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
     log_lik = log_lik_blocks(vae, z, x)
     return log_lik, log_lik + prior.log_prob(z) - log_q
+
+
+def trace_log_terms(fn: Callable, x: Tensor, values: dict[str, Tensor], max_plate_nesting: int = 1,
+                    **kwargs: Any) -> tuple[Tensor, Tensor]:
+    """Per-datapoint log-densities of ``fn`` (a model or a guide) conditioned on ``values``, in two sums.
+
+    Args:
+        fn: A Pyro callable ``fn(x, **kwargs)`` whose sample sites lie in the data plate.
+        x: Data ``(N, ...)``.
+        values: ``{site: value}``, each value with a leading draw dim ``S`` then ``N``;
+            gradients flow back to them.
+        max_plate_nesting: Plates in ``fn``; the draw plate goes one further out.
+
+    Returns:
+        ``(given, observed)``, each ``(S, N)`` and unscaled: the summed ``log p`` of the
+        sites named in ``values`` (``log p(z)`` of a model, ``log q(z|x)`` of a guide)
+        and of the other observed sites (``log p(x|z)`` of a model, zeros for a guide).
+
+    Example:
+        >>> from pyro_vae.vae import VAE
+        >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian")
+        >>> x, z = torch.rand(3, 4), torch.randn(5, 3, 2)
+        >>> log_z, log_x = trace_log_terms(vae.model, x, {"z": z})
+        >>> bool(torch.allclose(log_z + log_x, trace_log_joint(vae.model, x, {"z": z})))
+        True
+    """
+    n = x.shape[0]
+    s = next(iter(values.values())).shape[0]
+    with pyro.plate(PARTICLE_PLATE, s, dim=-(max_plate_nesting + 1)):
+        trace = poutine.trace(poutine.condition(fn, data=values)).get_trace(x, **kwargs)
+    given = observed = torch.zeros((), device=x.device)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if not site["is_observed"]:
+            raise ValueError(f"Site {name!r} was sampled, not conditioned: pass its value in `values`.")
+        log_p = _per_datapoint(name, site, site["fn"].log_prob(site["value"]), s, n)
+        if site.get("mask") is not None and site["mask"] is not True:
+            log_p = log_p * site["mask"]
+        if name in values:
+            given = given + log_p
+        else:
+            observed = observed + log_p
+    return given.expand(s, n), observed.expand(s, n)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import ops
 
-__all__ = ["ACTIVATIONS", "NETS", "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
+__all__ = ["ENCODERS", "DECODERS", "ACTIVATIONS", "NETS", "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -34,6 +34,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "leaky_relu": nn.LeakyReLU,
 }
 NETS = ("mlp", "conv")
+# Your own nets, by short name (see pyro_vae.parts.register). They are called as
+# ``encoder(event_shape=..., latent_dim=..., **settings)`` -> module ``x -> (loc, scale)`` and
+# ``decoder(latent_dim=..., event_shape=..., num_params=..., **settings)`` -> module ``z -> raw``.
+ENCODERS: dict = {}
+DECODERS: dict = {}
 
 # Scales below this make log q(z|x) explode when a unit collapses; it is far below
 # any posterior width a VAE learns on real data.

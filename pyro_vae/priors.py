@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._recorded import RecordsSettings
+
 __all__ = [
     "Prior",
     "normal",
@@ -44,11 +46,12 @@ __all__ = [
 ]
 
 
-class Prior(nn.Module):
+class Prior(RecordsSettings, nn.Module):
     """Base class: a module whose ``forward()`` returns p(z).
 
     Subclasses create parameters in :meth:`bind`, which receives the latent size
-    and the VAE's encoder (used by priors defined through the encoder).
+    and the VAE's encoder (used by priors defined through the encoder). Every
+    instance remembers its constructor's settings, so a checkpoint can rebuild it.
     """
 
     latent_dim: int | None = None
