@@ -42,9 +42,10 @@ from torch.distributions import biject_to
 from .hmc import ADAPT_MODES, SCHEDULES, LogTerms, anneal, beta_schedule
 from .logjoint import PARTICLE_PLATE, is_stock_vae, log_joint, trace_log_terms
 from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
-from .stats import LogLikelihood, bits_per_dim, logmeanexp, mean_se
+from .report import json_safe
+from .stats import LogLikelihood, bits_per_dim, logmeanexp, logmeanexp_mc_se, mean_se
 
-__all__ = ["AISResult", "Settings", "ais", "INITS"]
+__all__ = ["AISResult", "Settings", "ais", "run_chains", "INITS"]
 
 INITS = ("guide", "prior")
 
@@ -173,11 +174,6 @@ def _trace_target(vae: Any, x: Tensor, init: str, rows: int) -> tuple[_Target, T
     return _Target(lambda z: _split_grads(z, log_p_of), flatten), torch.cat(pieces, dim=-1)
 
 
-def _delta_se(lw: Tensor) -> Tensor:
-    """Delta-method MC standard error of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/C)``."""
-    return (torch.softmax(lw, dim=-1).pow(2).sum(-1) - 1.0 / lw.shape[-1]).clamp(min=0.0).sqrt()
-
-
 def _batch(vae: Any, x: Tensor, exact: dict[str, Tensor] | None, cfg: Settings, fused: bool,
            tick: Callable[[], None] | None) -> dict[str, Tensor]:
     """Forward AIS (and, given exact latents, reverse AIS) on one batch; per-point figures."""
@@ -187,7 +183,7 @@ def _batch(vae: Any, x: Tensor, exact: dict[str, Tensor] | None, cfg: Settings, 
     fwd = anneal(target.terms, z0, betas, cfg.step_size, leapfrog=cfg.leapfrog, target_accept=cfg.target_accept,
                  adapt=cfg.adapt, pilots=cfg.pilots, callback=tick)
     lw = fwd.log_weights.T.contiguous()  # (B, C)
-    out = {"log_px": logmeanexp(lw, dim=-1), "mc_se": _delta_se(lw), "log_weights": lw,
+    out = {"log_px": logmeanexp(lw, dim=-1), "mc_se": logmeanexp_mc_se(lw), "log_weights": lw,
            "accept_rate": fwd.accept_prob.mean(0).double(), "step_size": fwd.step_size.log().mean(0).exp().double(),
            "grad_evals": torch.full((x.shape[0],), float(rows * fwd.evaluations), dtype=torch.float64)}
     if exact is not None:
@@ -197,14 +193,14 @@ def _batch(vae: Any, x: Tensor, exact: dict[str, Tensor] | None, cfg: Settings, 
         rev = anneal(target.terms, z, betas.flip(0), cfg.step_size, leapfrog=cfg.leapfrog, adapt="none",
                      schedule=fwd.schedule.flip(0), callback=tick)
         s = -rev.log_weights.T.contiguous()  # forward orientation: E[exp(-s)] = 1 / p(x)
-        out.update({"upper": -logmeanexp(-s, dim=-1), "upper_mc_se": _delta_se(-s), "reverse_log_weights": s,
+        out.update({"upper": -logmeanexp(-s, dim=-1), "upper_mc_se": logmeanexp_mc_se(-s), "reverse_log_weights": s,
                     "reverse_accept_rate": rev.accept_prob.mean(0).double(),
                     "reverse_grad_evals": torch.full((x.shape[0],), float(cfg.chains * rev.evaluations),
                                                      dtype=torch.float64)})
     return {k: v.double() for k, v in out.items()}
 
 
-def _run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] | None = None,
+def run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] | None = None,
                batch_size: int | None = None, fabric: Any = None, seed: int | None = None, method: str = "auto",
                progress: bool = False) -> tuple[dict[str, Tensor], str, int]:
     """Shard, batch and run the chains; the per-point figures gathered in the original order.
@@ -246,17 +242,6 @@ def _run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] 
     if world > 1:
         per_point = {k: gather_points(fabric, v, total) for k, v in per_point.items()}
     return {k: v.cpu() for k, v in per_point.items()}, "fused" if fused else "trace", world
-
-
-def _json_safe(obj: Any) -> Any:
-    """Non-finite floats become ``None`` (JSON has no NaN), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 @dataclass
@@ -309,7 +294,7 @@ class AISResult:
         figure = mean_se(self.log_px)
         figure["mc_se"] = (self.mc_se.pow(2).sum().sqrt() / self.num_points).item()
         figure["bits_per_dim"] = bits_per_dim(figure["mean"], self.num_dims, self.levels)
-        return _json_safe({
+        return json_safe({
             "estimator": "ais", "num_points": self.num_points, "num_dims": self.num_dims, "levels": self.levels,
             "method": self.method, "world_size": self.world_size, "seconds": self.seconds, "grad_evals": self.grad_evals,
             "settings": self.settings.to_dict(), "log_likelihood": figure,
@@ -381,7 +366,7 @@ def ais(vae: Any, x: Tensor, *, steps: int = 500, chains: int = 16, leapfrog: in
     """
     cfg = Settings(steps, chains, leapfrog, schedule, init, step_size, target_accept, adapt, pilots)
     tic = time.perf_counter()
-    per_point, used, world = _run_chains(vae, x, cfg, batch_size=batch_size, fabric=fabric, seed=seed, method=method,
+    per_point, used, world = run_chains(vae, x, cfg, batch_size=batch_size, fabric=fabric, seed=seed, method=method,
                                         progress=progress)
     return AISResult(per_point["log_px"], per_point["mc_se"], per_point["accept_rate"], per_point["step_size"],
                      per_point["log_weights"], cfg, getattr(vae, "num_dims", math.prod(x.shape[1:])), levels, used,

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -36,8 +35,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from .ais import Settings, _json_safe, _run_chains
-from .evaluate import evaluate
+from .ais import Settings, run_chains
+from .importance import evaluate
+from .report import json_safe
 from .logjoint import is_stock_vae
 from .sharding import evaluation_mode, rank_and_world, seeded
 from .stats import mean_se
@@ -146,7 +146,7 @@ class BDMCResult:
                 "upper_minus_is": figure(self.upper - self.is_log_px),  # bounds IS's error, in expectation
                 "lower_minus_is": figure(self.lower - self.is_log_px),  # > 0: IS falls short of AIS
             }
-        return _json_safe(report)
+        return json_safe(report)
 
     def summary(self) -> str:
         """A few human-readable lines."""
@@ -219,7 +219,7 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 500, chains: int = 16, 
         data = simulate(vae, num_points, seed=seed, method=method)
     x, latents = data
     chain_seed = None if seed is None else seed + 1  # never the simulation's stream
-    per_point, used, world = _run_chains(vae, x, cfg, exact=latents, batch_size=batch_size, fabric=fabric,
+    per_point, used, world = run_chains(vae, x, cfg, exact=latents, batch_size=batch_size, fabric=fabric,
                                          seed=chain_seed, method=method, progress=progress)
     per_chain = (cfg.chains + cfg.pilots) * (1 + (cfg.steps - 1) * cfg.leapfrog)
     k = per_chain if is_samples is None else int(is_samples)

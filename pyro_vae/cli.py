@@ -31,46 +31,78 @@ def _quiet_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every flag's default; a train flag's default is the config's (it overrides the config only when given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None:  # a train flag: unset means "as the config says"
+            return text if "default" in text or not action.option_strings else text + " (default: from the config)"
+        if action.default == [] or action.default is False:  # repeatable / switch flags: nothing to show
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.")
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro models.",
+                                     formatter_class=_Help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a VAE (default: digits, offline)")
-    t.add_argument("--config", help="YAML config file; flags below override it")
-    t.add_argument("--dataset", help="digits, mnist, fashion_mnist, kmnist, mnist10k, or a .npy/.npz/.pt path")
+    t = sub.add_parser("train", help="train a VAE (default: digits, offline)", formatter_class=_Help,
+                       description="Train a VAE. Flags override the --config file; with neither, the embedded "
+                                   "default trains on scikit-learn's digits, offline.")
+    t.add_argument("--config", help="YAML config file; the flags below override it")
+    t.add_argument("--dataset", help="digits, mnist, fashion_mnist, kmnist, mnist10k, or a .npy/.npz/.pt path "
+                                     "(config default: digits)")
     t.add_argument("--data-root", help="folder with (or for) torchvision dataset files")
-    t.add_argument("--binarize", help="none, dynamic, static or threshold")
-    t.add_argument("--prior", help="prior name (see `pyro-vae list`)")
-    t.add_argument("--likelihood", help="likelihood name (see `pyro-vae list`)")
-    t.add_argument("--latent-dim", type=int)
-    t.add_argument("--net", help="mlp or conv")
-    t.add_argument("--hidden", help="comma-separated hidden sizes, e.g. 200,200")
-    t.add_argument("--objective", help="elbo, meanfield or iwae")
-    t.add_argument("--particles", type=int, help="particles per datapoint (K for iwae)")
-    t.add_argument("--beta", type=float)
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--out", help="run directory (default runs/default)")
+    t.add_argument("--binarize", help="none, dynamic, static or threshold (config default: none)")
+    t.add_argument("--prior", help="registered prior (see `pyro-vae list`) or import path package.module:Name "
+                                   "(config default: normal)")
+    t.add_argument("--prior-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the prior, e.g. --prior mog --prior-arg k=10 (repeatable)")
+    t.add_argument("--likelihood", help="registered likelihood or import path (config default: categorical)")
+    t.add_argument("--likelihood-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the likelihood, e.g. --likelihood gaussian --likelihood-arg scale=0.05")
+    t.add_argument("--latent-dim", type=int, help="size of z (config default: 8)")
+    t.add_argument("--net", help="mlp or conv (config default: mlp)")
+    t.add_argument("--hidden", help="comma-separated hidden sizes, e.g. 200,200 (config default: the net's own)")
+    t.add_argument("--objective", help="elbo, meanfield or iwae (config default: elbo)")
+    t.add_argument("--particles", type=int, help="particles per datapoint, K for iwae (config default: 1)")
+    t.add_argument("--beta", type=float, help="weight of the KL term (config default: 1.0)")
+    t.add_argument("--epochs", type=int, help="epochs; with --resume, extends the run (config default: 30)")
+    t.add_argument("--batch-size", type=int, help="config default: 128")
+    t.add_argument("--lr", type=float, help="Adam's learning rate (config default: 0.001)")
+    t.add_argument("--seed", type=int, help="training seed (config default: 0)")
+    t.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", dest="set_values",
+                   help="any config value, e.g. --set train.lr_schedule=burda --set model.prior_kwargs.k=10 (repeatable)")
+    t.add_argument("--out", help="run directory (config default: runs/default)")
     t.add_argument("--resume", help="continue the run in this directory")
-    t.add_argument("--devices", type=int, help="devices (processes) for DDP")
-    t.add_argument("--accelerator", help="cpu, gpu, auto")
+    t.add_argument("--devices", type=int, help="devices (processes) for DDP (config default: 1)")
+    t.add_argument("--accelerator", help="cpu, gpu or auto (config default: cpu)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    e = sub.add_parser("evaluate", help="importance-sampled log-likelihood, bounds and diagnostics")
+    e = sub.add_parser("evaluate", help="log-likelihood by importance sampling or AIS, bounds and diagnostics",
+                       formatter_class=_Help)
     e.add_argument("run_dir")
     e.add_argument("--split", default="test", choices=("train", "val", "test"))
     e.add_argument("--samples", type=int, default=1000, help="importance samples K per datapoint")
     e.add_argument("--k-list", default="1,10,100,1000", help="IWAE bounds to report")
+    e.add_argument("--method", default="is", choices=("is", "ais"),
+                   help="is: importance sampling only; ais: also annealed importance sampling with HMC")
+    e.add_argument("--steps", type=int, default=500, help="AIS: intermediate distributions T")
+    e.add_argument("--chains", type=int, default=16, help="AIS: chains per point")
+    e.add_argument("--leapfrog", type=int, default=10, help="AIS: leapfrog steps per HMC transition")
+    e.add_argument("--bdmc", type=int, default=0, metavar="N",
+                   help="BDMC on N points simulated from the model, at T/100, T/10 and T (0: off)")
+    e.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
 
-    c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units")
+    c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
     c.add_argument("run_dir")
     c.add_argument("--baselines", default="ppca,fa,gmm,mob")
     c.add_argument("--components", type=int, default=None)
     c.add_argument("--samples", type=int, default=1000)
 
-    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG")
+    s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
     s.add_argument("run_dir")
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
@@ -100,6 +132,13 @@ def _train_config(args: argparse.Namespace):
             if key in ("prior", "likelihood") and raw["model"].get(key) != value:
                 raw["model"][f"{key}_kwargs"] = {}  # settings of the replaced strategy no longer apply
             raw[section][key] = value
+    for key, pairs in (("prior_kwargs", args.prior_arg), ("likelihood_kwargs", args.likelihood_arg)):
+        for pair in pairs:
+            name, value = _key_value(pair, f"--{key.split('_')[0]}-arg")
+            raw["model"].setdefault(key, {})[name] = value
+    for pair in args.set_values:
+        path, value = _key_value(pair, "--set")
+        _set_path(raw, path, value)
     if args.net:
         raw["model"]["net"]["kind"] = args.net
     if args.hidden:
@@ -107,6 +146,34 @@ def _train_config(args: argparse.Namespace):
     if args.out:
         raw["out"] = args.out
     return config_lib.from_dict(raw)
+
+
+def _key_value(pair: str, flag: str) -> tuple[str, object]:
+    """``"k=10"`` -> ``("k", 10)``: the value is read as YAML, so numbers, booleans and lists work."""
+    import yaml
+
+    from .config import ConfigError
+
+    key, sep, text = pair.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{flag} {pair!r}: expected KEY=VALUE, e.g. {flag} k=10.")
+    try:
+        return key.strip(), yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"{flag} {pair!r}: the value is not valid YAML; quote strings with spaces.") from None
+
+
+def _set_path(raw: dict, path: str, value: object) -> None:
+    from .config import ConfigError
+
+    keys = path.split(".")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {path}: {key!r} is a value, not a section.")
+        node = child
+    node[keys[-1]] = value
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -139,7 +206,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
     k_list = tuple(int(k) for k in args.k_list.split(",") if k)
-    evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list)
+    evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list, method=args.method,
+                 steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, bdmc_points=args.bdmc,
+                 data_root=args.data_root)
     return 0
 
 
@@ -168,31 +237,38 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plain(text: str) -> str:
+    """Docstring markup to plain text: ``code`` -> code, :class:`~a.b.C` -> C."""
+    import re
+
+    text = re.sub(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`", lambda m: m.group(1).split(".")[-1], text)
+    return text.replace("``", "")
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     import inspect
 
     from .data import DATASETS, FILE_EXTENSIONS
-    from .likelihoods import LIKELIHOODS
-    from .priors import PRIORS
+    from .parts import KINDS, settings_of
 
     def settings(fn) -> str:
-        kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        params = [f"{p.name}={p.default!r}" for p in inspect.signature(fn).parameters.values() if p.kind not in kinds]
+        params = [f"{p.name}={p.default!r}" for p in settings_of(fn).values() if p.default is not inspect.Parameter.empty]
         return f"({', '.join(params)})" if params else ""
 
     def first_line(fn) -> str:
-        return (inspect.getdoc(fn) or "").splitlines()[0] if inspect.getdoc(fn) else ""
+        doc = inspect.getdoc(fn)
+        return _plain(doc.splitlines()[0]) if doc else ""
 
-    print("priors:")
-    for name, fn in PRIORS.items():
-        print(f"  {name + settings(fn):<48} {first_line(fn)}")
-    print("likelihoods:")
-    for name, fn in LIKELIHOODS.items():
-        print(f"  {name + settings(fn):<48} {first_line(fn)}")
+    for kind, registry in KINDS.items():
+        if registry or kind in ("prior", "likelihood"):
+            print(f"{kind}s:" if kind != "vae" else "VAE classes:")
+            for name, fn in registry.items():
+                print(f"  {name + settings(fn):<48} {first_line(fn)}")
     print("datasets:")
     for name in DATASETS:
         print(f"  {name}")
     print(f"  <path ending in {', '.join(FILE_EXTENSIONS)}>")
+    print("Your own parts: a config (or --prior/--likelihood) may name any 'package.module:Name' instead.")
     return 0
 
 

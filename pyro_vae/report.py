@@ -94,6 +94,9 @@ class Evaluation:
         method: ``"fused"`` (direct VAE computation) or ``"trace"`` (Pyro traces).
         seconds: Wall time of the evaluation.
         world_size: Number of processes that shared the work.
+        extra: Provenance and free-form figures carried into ``report.json``.
+        sections: Other estimators' results on the same points, by name (``"ais"``,
+            ``"bdmc"``): each has ``to_dict()`` and ``summary()``.
     """
 
     log_px: Tensor
@@ -116,6 +119,7 @@ class Evaluation:
     seconds: float = 0.0
     world_size: int = 1
     extra: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)
 
     @property
     def num_points(self) -> int:

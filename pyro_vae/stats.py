@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["LogLikelihood", "mean_se", "bits_per_dim", "logmeanexp"]
+__all__ = ["LogLikelihood", "mean_se", "bits_per_dim", "logmeanexp", "logmeanexp_mc_se"]
 
 
 def mean_se(values: Tensor) -> dict[str, float]:
@@ -68,6 +68,19 @@ def logmeanexp(x: Tensor, dim: int) -> Tensor:
         tensor([0., 0., 0.])
     """
     return torch.logsumexp(x, dim=dim) - math.log(x.shape[dim])
+
+
+def logmeanexp_mc_se(log_w: Tensor) -> Tensor:
+    """Delta-method Monte Carlo SE of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/K)``.
+
+    ``wbar`` are the normalized weights; ``1 / sum wbar²`` is the effective sample size,
+    so this is ``sqrt(1/ESS - 1/K)``: 0 for equal weights.
+
+    Example:
+        >>> logmeanexp_mc_se(torch.zeros(2, 5))
+        tensor([0., 0.])
+    """
+    return (torch.softmax(log_w, dim=-1).pow(2).sum(-1) - 1.0 / log_w.shape[-1]).clamp(min=0.0).sqrt()
 
 
 @dataclass
