@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,13 +27,74 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["FORMAT", "CheckpointError", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["FORMAT", "CheckpointError", "UnreadableFileError", "safe_torch_load", "save_checkpoint", "load_checkpoint",
+           "capture_rng", "restore_rng"]
 
 FORMAT = "pyro_vae.checkpoint/1"
+# torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle stream.
+_TORCH_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x80")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or not a pyro_vae checkpoint."""
+
+
+class UnreadableFileError(ValueError):
+    """``torch.load(weights_only=True)`` failed; ``reason`` says why in a few words, on one line.
+
+    Attributes:
+        reason: e.g. ``"the file is empty, 0 bytes"``; never torch's advice to load unsafely.
+        corrupt: ``True`` for a damaged or foreign file, ``False`` for a well-formed file
+            holding objects the safe unpickler refuses.
+    """
+
+    def __init__(self, reason: str, corrupt: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.corrupt = reason, corrupt
+
+
+def _first_sentence(text: str) -> str:
+    flat = " ".join(text.split())
+    return re.split(r"(?<=[a-z0-9)])\. ", flat, maxsplit=1)[0].rstrip(".")[:200]
+
+
+def _unpickling_reason(exc: BaseException) -> UnreadableFileError:
+    # torch's message suggests weights_only=False or allow-listing globals: both run code from an
+    # untrusted file, so only the name of what was refused is kept.
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return UnreadableFileError(f"it holds a {refused.group(1)} object, which the safe loader (weights_only=True) "
+                                   "refuses", corrupt=False)
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    lines = [line for line in after.splitlines() if line.strip()]
+    detail = _first_sentence(lines[0]) if lines else type(exc).__name__
+    return UnreadableFileError(f"unreadable pickle data: {detail}", corrupt=True)
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with one-line failures.
+
+    Raises:
+        UnreadableFileError: The file is empty, truncated, corrupt, not written by
+            ``torch.save``, or holds objects other than tensors and plain containers.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        raise UnreadableFileError("the file is empty, 0 bytes", corrupt=True)
+    if not head.startswith(_TORCH_MAGIC):
+        raise UnreadableFileError(f"not written by torch.save: it starts with {head!r}, not a zip archive",
+                                  corrupt=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise _unpickling_reason(exc) from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError,
+            TypeError, AttributeError, UnicodeDecodeError) as exc:
+        detail = _first_sentence(str(exc)) or "the file ends early"
+        raise UnreadableFileError(f"{type(exc).__name__}: {detail}", corrupt=True) from exc
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
@@ -70,15 +132,21 @@ def load_checkpoint(path: str | Path, require: Iterable[str] = ("config", "model
     if not path.exists():
         raise CheckpointError(f"No checkpoint at {str(path)!r}; pass a run directory written by `pyro-vae train`.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(
-            f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200]}). Resume from another checkpoint (best.pt) or retrain."
-        ) from exc
+        state = safe_torch_load(path)
+    except UnreadableFileError as exc:
+        other = "checkpoint.pt" if path.name == "best.pt" else "best.pt"
+        if exc.corrupt:
+            raise CheckpointError(f"Checkpoint {str(path)!r} is corrupt or truncated and cannot be read ({exc.reason}). "
+                                  f"Resume from another checkpoint ({other}) or retrain.") from None
+        raise CheckpointError(f"{str(path)!r} is not a pyro_vae checkpoint: {exc.reason}. "
+                              "Pass a run directory written by `pyro-vae train`.") from None
+    except OSError as exc:  # no permission, a folder named checkpoint.pt, ...
+        raise CheckpointError(f"Checkpoint {str(path)!r} cannot be opened ({exc.strerror or exc}); "
+                              "check its permissions or pass another run directory.") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{str(path)!r} is not a pyro_vae checkpoint (format {found!r}, expected {FORMAT!r}).")
+        raise CheckpointError(f"{str(path)!r} is not a pyro_vae checkpoint (format {found!r}, expected {FORMAT!r}); "
+                              "pass a run directory written by `pyro-vae train`.")
     missing = [key for key in require if key not in state]
     if missing:
         raise CheckpointError(f"Checkpoint {str(path)!r} lacks {missing}; it was not written by a complete run.")

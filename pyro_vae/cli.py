@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="log-likelihood by importance sampling or AIS, bounds and diagnostics",
                        formatter_class=_Help)
-    e.add_argument("run_dir")
-    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    e.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to score")
     e.add_argument("--samples", type=int, default=1000, help="importance samples K per datapoint")
     e.add_argument("--k-list", default="1,10,100,1000", help="IWAE bounds to report")
     e.add_argument("--method", default="is", choices=("is", "ais"),
@@ -97,16 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
 
     c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
-    c.add_argument("run_dir")
-    c.add_argument("--baselines", default="ppca,fa,gmm,mob")
-    c.add_argument("--components", type=int, default=None)
-    c.add_argument("--samples", type=int, default=1000)
+    c.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    c.add_argument("--baselines", default="ppca,fa,gmm,mob", help="comma-separated: ppca, fa, gmm, gmm_full, mob")
+    c.add_argument("--components", type=int, default=None,
+                   help="components of every baseline (default: the latent size for PPCA/FA, 10 for mixtures)")
+    c.add_argument("--samples", type=int, default=1000, help="importance samples K for the VAE")
+    c.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
 
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
-    s.add_argument("run_dir")
-    s.add_argument("--num", type=int, default=64)
-    s.add_argument("--out", help="PNG path (default RUN_DIR/samples.png)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
+    s.add_argument("--num", type=int, default=64, help="number of samples")
+    s.add_argument("--out", help="PNG path (default: RUN_DIR/samples.png)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draws")
 
     sub.add_parser("list", help="registered priors, likelihoods and datasets")
     return parser
@@ -216,7 +218,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_run
 
     compare_run(args.run_dir, baselines=[b for b in args.baselines.split(",") if b], components=args.components,
-                num_samples=args.samples)
+                num_samples=args.samples, data_root=args.data_root)
     return 0
 
 
@@ -281,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .runs import RunDirError
+    from .train import TrainingDivergedError
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
     try:
         return commands[args.command](args)
-    except (ConfigError, CheckpointError, RunDirError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, CheckpointError, RunDirError, TrainingDivergedError, FileNotFoundError, ValueError) as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

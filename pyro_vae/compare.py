@@ -88,7 +88,8 @@ def _bar_chart(rows: Sequence[dict], path: Path) -> None:
 
 
 def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "gmm", "mob"), components: int | None = None,
-                split: str = "test", num_samples: int = 1000, seed: int = 0, quiet: bool = False) -> list[dict]:
+                split: str = "test", num_samples: int = 1000, seed: int = 0, quiet: bool = False,
+                data_root: str | None = None, which: str = "best") -> list[dict]:
     """Fit baselines on the run's training split, score them and the VAE on ``split``.
 
     Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``run_dir``.
@@ -100,12 +101,16 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
             PPCA/FA and 10 for the mixtures.
         split: The split to score (``test`` by default, as ``pyro-vae evaluate``).
         num_samples: Importance samples for the VAE.
+        seed: Seed of the baselines' initialization.
+        quiet: Print nothing.
+        data_root: Where the run's data lives now, if it moved since training.
+        which: ``"best"`` or ``"last"`` checkpoint of the VAE.
     """
     unknown = [b for b in baselines if b not in BASELINE_DATA]
     if unknown:
         raise ValueError(f"Unknown baselines {unknown}; choose from {', '.join(BASELINE_DATA)}.")
     run_dir = Path(run_dir)
-    vae, cfg, dataset, transform = load_run(run_dir)
+    vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
     x_raw_train, (x_raw_test, _) = dataset.train, dataset.split(split)
 
     vae_eval = evaluate(vae, transform(x_raw_test, train=False), num_samples=num_samples,

@@ -42,6 +42,7 @@ RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", 
             "vae": ("event_shape", "latent_dim", "prior", "likelihood", "net", "hidden", "activation", "encoder",
                     "decoder", "levels", "prior_kwargs", "likelihood_kwargs")}
 LEVEL_LIKELIHOODS = ("categorical", "poisson")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "dp", "fsdp", "deepspeed", "single_device")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
 
 
@@ -257,6 +258,11 @@ def _check_parts(model: ModelConfig) -> None:
             parts.check_settings(f"model.{kind}_kwargs", name, strategy, settings, RESERVED.get(kind, ()))
         except parts.PartError as exc:
             raise ConfigError(f"model.{kind}: {exc}" if not str(exc).startswith("model.") else str(exc)) from None
+        if kind in ("prior", "likelihood"):  # cheap to build: a part checks its own settings' ranges
+            try:
+                strategy(**settings)
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(f"model.{kind}_kwargs: {name!r} refuses {settings}: {exc}") from None
 
 
 def _finite(key: str, value: float | None, low: float, *, strict: bool = False, optional: bool = False) -> None:
@@ -279,6 +285,7 @@ def _validate(cfg: Config) -> None:
     _choices("train.objective", cfg.train.objective, OBJECTIVES)
     _choices("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
     _choices("train.accelerator", cfg.train.accelerator, ("cpu", "gpu", "cuda", "mps", "tpu", "auto"))
+    _choices("train.strategy", cfg.train.strategy, STRATEGIES)
     _check_parts(cfg.model)
     if cfg.data.binarize != "none" and cfg.model.likelihood in LEVEL_LIKELIHOODS:
         raise ConfigError(f"data.binarize: {cfg.data.binarize} makes binary data, which likelihood "

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .datafiles import check_values, read_array_file, to_labels, to_tensor
+from .datafiles import MAX_LEVELS, check_values, read_array_file, to_labels, to_tensor
 
 # Moved to pyro_vae.transforms; re-exported here, where they were first defined.
 from .transforms import BINARIZE_MODES, DataTransform, iterate_minibatches, minibatch_indices
@@ -99,8 +99,9 @@ class Dataset:
         # Validating at construction means no code path can hand a model bad data.
         if self.no_validation and len(self.val):
             raise ValueError(f"{self.name}: no_validation=True but the val split holds {len(self.val)} points.")
-        if self.levels is not None and self.levels < 2:
-            raise ValueError(f"{self.name}: levels must be >= 2 or None, got {self.levels}.")
+        if self.levels is not None and not 2 <= self.levels <= MAX_LEVELS:
+            raise ValueError(f"{self.name}: levels must be an integer in [2, {MAX_LEVELS}] or None, got {self.levels}; "
+                             "store continuous data as float (levels=None) or rescale it to fewer levels.")
         for split in SPLITS:
             x, y = self.split(split)
             if x.dtype != torch.float32:

@@ -2,7 +2,8 @@
 
 Files are read without pickle (``allow_pickle=False``, ``weights_only=True``), so a
 data file can never run code. Integer dtypes are read as quantization levels
-(uint8: 256 levels, bool: 2, else max + 1); floats as continuous values.
+(uint8: 256 levels, bool: 2, else max + 1, at most :data:`MAX_LEVELS`); floats as
+continuous values, which must fit float32.
 
 Example:
     >>> x, levels = to_tensor(np.zeros((3, 2), dtype=np.uint8), "x")
@@ -12,7 +13,8 @@ Example:
 
 from __future__ import annotations
 
-import pickle
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["check_values", "to_tensor", "to_labels", "read_array_file"]
+from .checkpoint import UnreadableFileError, safe_torch_load
+
+__all__ = ["MAX_LEVELS", "check_values", "to_tensor", "to_labels", "read_array_file"]
+
+# More levels than 16-bit data has would be continuous data stored as integers, and a
+# categorical likelihood allocates (levels x pixels) outputs per datapoint.
+MAX_LEVELS = 65536
 
 
 def check_values(x: Tensor, what: str) -> None:
@@ -42,31 +50,60 @@ def check_values(x: Tensor, what: str) -> None:
             )
 
 
-def to_tensor(a: Any, what: str) -> tuple[Tensor, int | None]:
-    """Float32 values and the levels implied by the stored dtype."""
-    if isinstance(a, np.ndarray):
-        if a.dtype.kind not in "biuf":
-            raise ValueError(f"{what}: unsupported dtype {a.dtype} (need bool, integer or float numbers).")
-        t = torch.from_numpy(np.ascontiguousarray(a))
-    elif isinstance(a, Tensor):
-        if a.is_complex():
-            raise ValueError(f"{what}: unsupported dtype {a.dtype}.")
-        t = a.detach().cpu()
-    else:
+def _as_numpy(a: Any, what: str) -> np.ndarray:
+    """``a`` as a numeric numpy array (bool, integer or float), or a one-line ValueError."""
+    if isinstance(a, Tensor):
+        a = a.detach().cpu()
+        if a.is_floating_point() and a.dtype not in (torch.float16, torch.float32, torch.float64):
+            a = a.float()  # numpy has no bfloat16/float8; the widening is exact
+        try:
+            a = a.numpy()
+        except (TypeError, RuntimeError):  # complex, quantized, ...
+            raise ValueError(f"{what}: unsupported dtype {a.dtype} (need bool, integer or float numbers).") from None
+    elif not isinstance(a, np.ndarray):
         raise ValueError(f"{what}: expected an array/tensor, got {type(a).__name__}.")
-    if t.dim() < 2:
-        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(t.shape)}.")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{what}: unsupported dtype {a.dtype} (need bool, integer or float numbers).")
+    if a.ndim < 2:
+        raise ValueError(f"{what}: need at least 2 dims (N, features...), got shape {tuple(a.shape)}.")
+    return a
+
+
+def to_tensor(a: Any, what: str) -> tuple[Tensor, int | None]:
+    """Float32 values and the levels implied by the stored dtype.
+
+    Raises:
+        ValueError: Not numeric, fewer than 2 dims, negative integers, more than
+            :data:`MAX_LEVELS` levels, values beyond float32's range, or non-finite values.
+    """
+    a = _as_numpy(a, what)
     levels: int | None = None
-    if t.dtype == torch.bool:
+    if a.dtype == np.bool_:
         levels = 2
-    elif t.dtype == torch.uint8:
+    elif a.dtype == np.uint8:
         levels = 256
-    elif not t.is_floating_point():
-        if t.numel() and t.min() < 0:
-            raise ValueError(f"{what}: integer data are read as levels and must be >= 0 (min {t.min().item()}); "
+    elif a.dtype.kind in "iu":
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 1)
+        if lo < 0:
+            raise ValueError(f"{what}: integer data are read as levels and must be >= 0 (min {lo}); "
                              "store continuous data as float.")
-        levels = max(2, int(t.max()) + 1) if t.numel() else 2
-    x = t.to(torch.float32)
+        if hi + 1 > MAX_LEVELS:
+            raise ValueError(f"{what}: integer data are read as levels 0..max, and max {hi} would make {hi + 1} levels "
+                             f"(at most {MAX_LEVELS}); store continuous data as float or rescale it to fewer levels.")
+        levels = max(2, hi + 1)
+    elif a.size:
+        finite = np.isfinite(a)
+        # Checked before the cast: float64 values beyond float32's range would turn into inf
+        # and be misreported as non-finite data.
+        big = finite & (np.abs(np.where(finite, a, 0)) > np.finfo(np.float32).max)
+        if big.any():
+            rows = np.flatnonzero(big.reshape(len(a), -1).any(1))
+            raise ValueError(
+                f"{what}: {int(big.sum())} values exceed the float32 range (|x| up to {float(np.abs(a[big]).max()):.3g} "
+                f"> {float(np.finfo(np.float32).max):.3g}) in rows {rows[:10].tolist()}{'...' if len(rows) > 10 else ''}; "
+                "rescale the data (e.g. standardize or take logs) before saving."
+            )
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     check_values(x, what)
     return x, levels
 
@@ -79,23 +116,44 @@ def to_labels(a: Any, n: int, what: str) -> Tensor:
 
 
 def read_array_file(path: Path) -> Any:
-    """The array, or mapping of arrays, stored in a ``.npy``, ``.npz`` or ``.pt`` file (no pickle)."""
-    name = str(path)
-    if path.suffix == ".npy":
+    """The array, or mapping of arrays, stored in a ``.npy``, ``.npz`` or ``.pt`` file (no pickle).
+
+    Raises:
+        ValueError: The file is empty, truncated or corrupt, is not of the format its
+            suffix names, or holds objects (pickled data); the message names the file.
+    """
+    name, kind = str(path), path.suffix
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if not head:
+        raise ValueError(f"{name}: the file is empty (0 bytes), truncated or never written; re-save or re-copy it.")
+    if kind == ".pt":
         try:
-            content: Any = np.load(path, allow_pickle=False)
-        except ValueError as e:
-            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
-    elif path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                content = {k: z[k] for k in z.files}
-        except ValueError as e:
-            raise ValueError(f"{name}: cannot load without pickle (object arrays are not supported): {e}") from e
-    else:
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ValueError(f"{name}: a .pt file must hold a tensor or a dict of tensors "
-                             f"(loaded with weights_only=True): {str(e).splitlines()[0]}") from e
-    return content
+            return safe_torch_load(path)
+        except UnreadableFileError as e:
+            if not e.corrupt:
+                raise ValueError(f"{name}: a .pt file must hold a tensor or a dict of tensors, but {e.reason}; "
+                                 "save tensors, not numpy arrays or other objects.") from None
+            raise ValueError(f"{name}: the .pt file is truncated or corrupt ({e.reason}); re-save or re-copy it.") from None
+    magic = b"\x93NUMPY" if kind == ".npy" else b"PK"
+    if not head.startswith(magic):
+        raise ValueError(f"{name}: not a {kind} file (it starts with {head!r}, not {magic!r}): corrupt, or another "
+                         f"format renamed; save it with numpy.{'save' if kind == '.npy' else 'savez'}.")
+    try:
+        if kind == ".npy":
+            return np.load(path, allow_pickle=False)
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise ValueError(f"{name}: holds object arrays, which cannot be loaded without pickle (object arrays are not "
+                             "supported); store numeric arrays.") from None
+        raise _corrupt(name, kind, e) from None
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error, KeyError) as e:
+        raise _corrupt(name, kind, e) from None
+
+
+def _corrupt(name: str, kind: str, exc: BaseException) -> ValueError:
+    detail = " ".join(str(exc).split())[:200] or "the file ends early"
+    return ValueError(f"{name}: the {kind} file is truncated or corrupt ({type(exc).__name__}: {detail}); "
+                      "re-save or re-copy it.")

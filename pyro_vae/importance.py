@@ -17,8 +17,10 @@ them, per datapoint:
 Dataset figures are means with standard error ``std / sqrt(N)``; the latent space is
 summarised by active units (Burda et al., 2016) and KL per latent dimension.
 
-Memory is bounded: points are scored in batches and draws in chunks; only a batch's
-``(batch, K)`` weight matrix (needed for PSIS) is ever held.
+Memory is bounded for any ``K``: points are scored in batches and draws in chunks; only a
+batch's ``(batch, K)`` weight matrix (needed for PSIS) is ever held, and the batch shrinks
+so that it stays under :data:`MAX_WEIGHT_BYTES` (a ``K`` too large even for one point is
+refused with the memory it would need).
 
 Example:
     >>> from pyro_vae.vae import VAE
@@ -39,12 +41,14 @@ guide, or the fused path of the stock VAE). Unlike ``pyro.infer.Importance`` the
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import warnings
 from typing import Any, Callable, Sequence
 
 import pyro.distributions as dist
 import torch
+from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
 from .logjoint import WeightTerms, draw_log_weights, is_stock_vae, subsample_factor, weight_terms
@@ -52,24 +56,22 @@ from .objectives import IWAE
 from .priors import marginal_log_prob_per_dim
 from .report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
 from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
-from .stats import logmeanexp
+from .stats import logmeanexp, logmeanexp_mc_se
 
 # WeightTerms, weight_terms, subsample_factor and IWAE are re-exported from their new homes.
 __all__ = ["evaluate", "log_weights", "DEFAULT_K_LIST", "WeightTerms", "weight_terms", "IWAE", "subsample_factor"]
 
 DEFAULT_K_LIST = (1, 10, 100, 1000)
 MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
+# A batch's (batch, K) weights with their working copies (float64 rows, softmax, float32
+# log-weights and log-likelihoods, arviz's PSIS sort): 50-90 bytes per weight, measured.
+BYTES_PER_WEIGHT = 96
+MAX_WEIGHT_BYTES = 2**29  # the batch is shrunk so that batch * K * BYTES_PER_WEIGHT stays below this
 MC_KL_SAMPLES = 256  # draws for per-dimension KL when there is no analytic formula
 CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to float32 precision
 
 
 # --------------------------------------------------------------------------- scoring
-
-
-def _delta_se(lw: Tensor) -> Tensor:
-    """Delta-method MC standard error of ``logmeanexp`` over the last dim: ``sqrt(sum wbar² - 1/K)``."""
-    sumsq = torch.softmax(lw, dim=-1).pow(2).sum(-1)
-    return (sumsq - 1.0 / lw.shape[-1]).clamp(min=0.0).sqrt()
 
 
 def _psis_khat(lw: Tensor) -> Tensor:
@@ -130,7 +132,7 @@ def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequ
         groups = num_samples // k
         per_group = logmeanexp(rows[:, : groups * k].reshape(b, groups, k), dim=-1)  # (B, groups)
         out[f"iwae_{k}"] = per_group.mean(-1)
-        out[f"iwae_se_{k}"] = (per_group.std(-1) / math.sqrt(groups)) if groups > 1 else _delta_se(rows[:, :k])
+        out[f"iwae_se_{k}"] = (per_group.std(-1) / math.sqrt(groups)) if groups > 1 else logmeanexp_mc_se(rows[:, :k])
 
     if has_q:
         out["post_mean"] = q.mean.double()
@@ -179,7 +181,8 @@ def evaluate(
         x: Model-space data ``(N, *event_shape)`` (e.g. ``transform(x_raw, train=False)``).
         num_samples: ``K``, importance samples per point.
         k_list: Bounds ``L_k`` to report; values above ``K`` are dropped.
-        batch_size: Points per batch (default 100).
+        batch_size: Points per batch (default 100), lowered when ``K`` is so large that the
+            batch's weights would exceed :data:`MAX_WEIGHT_BYTES`.
         chunk_size: Draws per pass; default keeps ``batch * chunk * outputs * 4`` bytes
             near 256 MB.
         levels: Quantization levels if ``x`` is dequantized (``transform.density_levels``),
@@ -197,7 +200,10 @@ def evaluate(
         An :class:`Evaluation`.
 
     Raises:
-        ValueError: Bad sizes, or a model with latent sites outside the data plate.
+        ValueError: Bad sizes, data the likelihood cannot score, a ``K`` whose weights for
+            one point exceed :data:`MAX_WEIGHT_BYTES`, or a model with latent sites
+            outside the data plate.
+        TypeError: ``x`` is not a tensor (or has the wrong dtype), or a size is not an int.
 
     Example:
         >>> from pyro_vae.vae import VAE
@@ -206,12 +212,7 @@ def evaluate(
         >>> bool((ev.iwae[1] <= ev.iwae[100] + 1e-6).all())
         True
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
-    if any(int(k) < 1 for k in k_list):
-        raise ValueError(f"k_list entries must be >= 1, got {list(k_list)}.")
-    if method not in ("auto", "fused", "trace"):
-        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
+    _check_arguments(vae, x, num_samples, k_list, batch_size, chunk_size, levels, seed, method)
     k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
     stock = is_stock_vae(vae)
     if method == "fused" and not stock:
@@ -224,7 +225,10 @@ def evaluate(
     params = list(vae.parameters()) if hasattr(vae, "parameters") else []
     device = fabric.device if fabric is not None else (params[0].device if params else x.device)
     shard = points_of_rank(x, fabric).to(device)
-    batch_size = batch_size or 100
+    batch_size = _bounded_batch(batch_size or 100, num_samples)
+    if hasattr(vae, "check_data") and is_validation_enabled():  # the fused path skips Pyro's support checks
+        for start in range(0, len(shard), batch_size):
+            vae.check_data(shard[start : start + batch_size])
     num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
     width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
     chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
@@ -259,6 +263,52 @@ def evaluate(
         kl_analytic=bool(per_point["kl_analytic"].all()), method="fused" if fused else "trace",
         seconds=time.perf_counter() - tic, world_size=world,
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_arguments(vae: Any, x: Any, num_samples: Any, k_list: Any, batch_size: Any, chunk_size: Any,
+                     levels: Any, seed: Any, method: str) -> None:
+    """Refuse, with the fix, what :func:`evaluate` would otherwise fail on deep inside torch, pyro or arviz."""
+    if not (hasattr(vae, "model") and hasattr(vae, "guide")):
+        raise TypeError(f"vae must have Pyro model(x) and guide(x) methods (e.g. a pyro_vae VAE), got {type(vae).__name__}.")
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a torch.Tensor of model-space data (N, *event_shape), got {type(x).__module__}."
+                        f"{type(x).__name__}; convert it with torch.as_tensor(x, dtype=torch.float32).")
+    if x.dim() < 1 or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor (N, *event_shape), got {x.dtype} of shape {tuple(x.shape)}.")
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk_size", chunk_size)):
+        if value is None and name != "num_samples":
+            continue
+        if not _is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__}).")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}.")
+    if isinstance(k_list, (str, bytes)) or not hasattr(k_list, "__len__") or not all(_is_int(k) for k in k_list):
+        raise TypeError(f"k_list must be a sequence of ints such as (1, 10, 100), got {k_list!r}.")
+    if any(k < 1 for k in k_list):
+        raise ValueError(f"k_list entries must be >= 1, got {list(k_list)}.")
+    if levels is not None and not (_is_int(levels) and levels >= 2):
+        raise ValueError(f"levels must be None or an int >= 2 (transform.density_levels), got {levels!r}.")
+    if seed is not None and not _is_int(seed):
+        raise TypeError(f"seed must be an int or None, got {seed!r} ({type(seed).__name__}).")
+    if method not in ("auto", "fused", "trace"):
+        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
+
+
+def _bounded_batch(batch_size: int, num_samples: int) -> int:
+    """The largest batch up to ``batch_size`` whose weights fit :data:`MAX_WEIGHT_BYTES`."""
+    fits = MAX_WEIGHT_BYTES // (num_samples * BYTES_PER_WEIGHT)
+    if fits < 1:
+        need = num_samples * BYTES_PER_WEIGHT
+        raise ValueError(
+            f"num_samples={num_samples} would need about {need / 2**30:.1f} GB for a single datapoint's weights "
+            f"({BYTES_PER_WEIGHT} bytes per draw: the (batch, K) matrix PSIS needs and its working copies), above "
+            f"the {MAX_WEIGHT_BYTES / 2**20:.0f} MB bound; use num_samples <= {MAX_WEIGHT_BYTES // BYTES_PER_WEIGHT}."
+        )
+    return min(batch_size, fits)
 
 
 def _warn_collapse(kl_dims: Tensor) -> None:

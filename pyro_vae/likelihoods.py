@@ -235,6 +235,8 @@ class gaussian_learned(Likelihood):
         super().__init__()
         if mode not in self.MODES:
             raise ValueError(f"gaussian_learned mode must be one of {self.MODES}, got {mode!r}.")
+        if not (init_scale > 0 and min_scale > 0):
+            raise ValueError(f"gaussian_learned needs init_scale > 0 and min_scale > 0, got {init_scale}, {min_scale}.")
         self.mode, self.init_scale, self.min_scale = mode, init_scale, min_scale
         self.num_params = 2 if mode == "decoder" else 1
 
@@ -268,6 +270,8 @@ class categorical(Likelihood):
 
     def __init__(self, levels: int | None = None) -> None:
         super().__init__()
+        if levels is not None and levels < 2:
+            raise ValueError(f"categorical likelihood needs levels >= 2, got levels={levels}.")
         self.levels = levels
 
     def bind(self, event_shape: tuple[int, ...], levels: int | None = None) -> None:

@@ -35,6 +35,8 @@ import inspect
 import json
 from typing import Any, Callable
 
+from torch import nn
+
 from .likelihoods import LIKELIHOODS
 from .nets import ENCODERS, DECODERS
 from .priors import PRIORS
@@ -119,6 +121,8 @@ def lookup(kind: str, name: str) -> Callable[..., Any]:
 
 def settings_of(strategy: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     """The named settings a strategy accepts (not ``*args``/``**kwargs``)."""
+    if inspect.isclass(strategy) and strategy.__init__ in (nn.Module.__init__, object.__init__):
+        return {}
     kinds = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     try:
         params = inspect.signature(strategy).parameters.values()
@@ -128,6 +132,8 @@ def settings_of(strategy: Callable[..., Any]) -> dict[str, inspect.Parameter]:
 
 
 def _takes_any(strategy: Callable[..., Any]) -> bool:
+    if inspect.isclass(strategy) and strategy.__init__ in (nn.Module.__init__, object.__init__):
+        return False  # a part class without its own __init__ takes no settings
     try:
         return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(strategy).parameters.values())
     except (TypeError, ValueError):

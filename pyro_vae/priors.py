@@ -106,6 +106,8 @@ class mog(Prior):
         super().__init__()
         if k < 1:
             raise ValueError(f"mog prior needs k >= 1 components, got k={k}.")
+        if not spread > 0:
+            raise ValueError(f"mog prior needs spread > 0, got spread={spread}.")
         self.k, self.spread = k, spread
 
     def bind(self, latent_dim: int, encoder: nn.Module | None = None, event_shape: tuple = ()) -> None:
@@ -182,6 +184,8 @@ class flow(Prior):
         super().__init__()
         if kind not in _FLOWS:
             raise ValueError(f"Unknown flow kind {kind!r}; choose one of {sorted(_FLOWS)}.")
+        if num_layers < 1:
+            raise ValueError(f"flow prior needs num_layers >= 1, got num_layers={num_layers}.")
         self.kind, self.num_layers = kind, num_layers
 
     def bind(self, latent_dim: int, encoder: nn.Module | None = None, event_shape: tuple = ()) -> None:
@@ -211,6 +215,8 @@ class laplace(Prior):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
+        if not scale > 0:
+            raise ValueError(f"laplace prior needs scale > 0, got scale={scale}.")
         self.scale = scale
 
     def bind(self, latent_dim: int, encoder: nn.Module | None = None, event_shape: tuple = ()) -> None:
@@ -229,6 +235,8 @@ class studentt(Prior):
         super().__init__()
         if df <= 0:
             raise ValueError(f"studentt prior needs df > 0, got df={df}.")
+        if not scale > 0:
+            raise ValueError(f"studentt prior needs scale > 0, got scale={scale}.")
         self.df, self.scale = df, scale
 
     def bind(self, latent_dim: int, encoder: nn.Module | None = None, event_shape: tuple = ()) -> None:

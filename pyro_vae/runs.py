@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -46,7 +47,7 @@ from .transforms import DataTransform
 from .vae import VAE
 
 __all__ = ["CHECKPOINT", "BEST", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
-           "checkpoint_path", "load_model", "load_run", "read_history"]
+           "checkpoint_path", "read_checkpoint", "load_weights", "load_model", "load_run", "read_history"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 WHICH = ("best", "last")
@@ -157,11 +158,43 @@ def checkpoint_path(path: str | Path, which: str = "best") -> Path:
     return best if which == "best" and best.exists() else path / CHECKPOINT
 
 
-def _rebuild(state: dict[str, Any], shape: DataShape) -> tuple[VAE, Config, DataTransform]:
+def read_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
+    """The checkpoint file :func:`checkpoint_path` picks, and its contents.
+
+    An unreadable ``best.pt`` in a run directory does not block the run: the latest
+    ``checkpoint.pt`` is read instead, with a warning.
+
+    Raises:
+        CheckpointError: The checkpoint (and, for ``"best"``, its fallback) cannot be read.
+    """
+    file = checkpoint_path(path, which)
+    try:
+        return file, load_checkpoint(file)
+    except CheckpointError as exc:
+        fallback = file.with_name(CHECKPOINT)
+        if not (Path(path).is_dir() and file.name == BEST and fallback.exists()):
+            raise
+        warnings.warn(f"{exc} Using {str(fallback)!r} (the latest epoch) instead.", stacklevel=3)
+        return fallback, load_checkpoint(fallback)
+
+
+def load_weights(target: Any, weights: Any, file: Path, what: str = "model") -> None:
+    """``target.load_state_dict(weights)`` (a module, optimizer or schedule); a mismatch is a one-line CheckpointError."""
+    try:
+        target.load_state_dict(weights)
+    except (RuntimeError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        # torch lists every mismatching key over many lines; the first of them says what kind.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
+        raise CheckpointError(f"Checkpoint {str(file)!r}: its {what} state does not fit the model its "
+                              f"config describes ({detail}); it was edited or written by another version.") from None
+
+
+def _rebuild(state: dict[str, Any], shape: DataShape, file: Path) -> tuple[VAE, Config, DataTransform]:
     cfg = config_lib.from_dict(state["config"])
     with pyro.settings.context(module_local_params=True):
         vae = build_vae(cfg, shape)
-    vae.load_state_dict(state["model"])
+    load_weights(vae, state["model"], file)
     vae.num_data = None
     vae.eval()
     return vae, cfg, build_transform(cfg, shape, vae)
@@ -177,12 +210,11 @@ def load_model(path: str | Path, which: str = "best") -> tuple[VAE, DataTransfor
     Raises:
         CheckpointError: The checkpoint predates data shapes in checkpoints (use :func:`load_run`).
     """
-    file = checkpoint_path(path, which)
-    state = load_checkpoint(file)
+    file, state = read_checkpoint(path, which)
     if "data_shape" not in state:
         raise CheckpointError(f"Checkpoint {str(file)!r} does not record its data shape (written by an older "
                               "pyro_vae); load it with pyro_vae.runs.load_run, which reads the data.")
-    vae, _, transform = _rebuild(state, DataShape.from_dict(state["data_shape"]))
+    vae, _, transform = _rebuild(state, DataShape.from_dict(state["data_shape"]), file)
     return vae, transform
 
 
@@ -195,8 +227,8 @@ def load_run(path: str | Path, which: str = "best",
         which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
         data_root: Where the data lives now, if it moved since training.
     """
-    state = load_checkpoint(checkpoint_path(path, which))
+    file, state = read_checkpoint(path, which)
     cfg = config_lib.from_dict(state["config"])
     dataset = load_data(cfg, root=data_root)
-    vae, cfg, transform = _rebuild(state, DataShape.of(dataset))
+    vae, cfg, transform = _rebuild(state, DataShape.of(dataset), file)
     return vae, cfg, dataset, transform

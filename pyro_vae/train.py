@@ -7,6 +7,9 @@ gradients, each rank draws its own shard of every epoch, and only rank 0 writes.
 The run directory holds ``config.yaml``, ``checkpoint.pt`` (latest, for ``--resume``),
 ``best.pt`` (best validation ELBO), ``metrics.csv``/``metrics.json`` and pictures.
 
+A diverging run stops with :class:`TrainingDivergedError` before a bad update and before
+any non-finite parameter reaches a checkpoint (the rule: :class:`DivergenceGuard`).
+
 Example:
     >>> result = fit({"train": {"epochs": 1}}, run_dir=None, progress=False)  # doctest: +SKIP
     >>> result.history[-1]["val_elbo"]  # doctest: +SKIP
@@ -31,15 +34,92 @@ from . import runs
 from .build import (DataShape, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
                     build_vae, load_data, make_fabric)
 from .checkpoint import capture_rng, load_checkpoint, restore_rng
-from .config import Config, ConfigError
+from .config import Config, ConfigError, TrainConfig
 from .data import Dataset
 from .runs import load_run
 from .transforms import DataTransform, iterate_minibatches
 from .vae import VAE
 
 # build_* and load_run are re-exported: they were defined here before pyro_vae.build and pyro_vae.runs.
-__all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "build_vae", "build_transform", "build_objective",
-           "build_optimizer", "load_run"]
+__all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "TrainingDivergedError", "DivergenceGuard",
+           "DIVERGENCE_FACTOR", "build_vae", "build_transform", "build_objective", "build_optimizer", "load_run"]
+
+DIVERGENCE_FACTOR = 1e4  # a loss this many times its starting scale above the start has exploded
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training diverged: a non-finite or exploding loss, or non-finite gradients, parameters or ELBOs."""
+
+
+@dataclass
+class DivergenceGuard:
+    """Stops a run that diverges, naming the epoch, the step and the fixes.
+
+    The rule, checked at every optimizer step before the update (so the model keeps its
+    last good parameters) and at the end of every epoch before anything is saved:
+
+    * the loss and the gradients must be finite;
+    * the per-datapoint loss ``L`` must stay below
+      ``L_0 + DIVERGENCE_FACTOR * max(|L_0|, 1)``, where ``L_0`` is the per-datapoint
+      loss of the run's first step (the untrained model, kept across resumes);
+    * at the end of an epoch the parameters and the train/validation ELBOs must be finite.
+
+    A healthy run stays far below the bound (a loss spike of a few hundred times is
+    recoverable and allowed); lr 1000 on digits crosses it at step 2. Under DDP the
+    figures are all-reduced first, so every rank takes the same decision.
+
+    Attributes:
+        lr: The configured learning rate, for the message.
+        reference: ``L_0``, or ``None`` before the first step.
+        epoch: The current epoch, 1-based.
+        step: The current optimizer step, 1-based.
+        last_good: Where the last good checkpoint is, for the message.
+    """
+
+    lr: float
+    reference: float | None = None
+    epoch: int = 1
+    step: int = 1
+    last_good: str = "no checkpoint was written"
+
+    @property
+    def limit(self) -> float:
+        """The per-datapoint loss above which the run has exploded (``inf`` before the first step)."""
+        if self.reference is None:
+            return math.inf
+        return self.reference + DIVERGENCE_FACTOR * max(abs(self.reference), 1.0)
+
+    def fail(self, what: str) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"Training diverged at epoch {self.epoch}, step {self.step}: {what}. Lower train.lr (now {self.lr:g}, "
+            f"e.g. to {self.lr / 10:g}) or set train.grad_clip (a maximum gradient norm); {self.last_good}."
+        )
+
+    def check_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, num_data: int, fabric: Any = None) -> None:
+        """Raise if this step diverged (``loss`` is scaled to ``num_data`` points, as SVI's is)."""
+        figures = torch.stack([loss.detach().double() / num_data, (~torch.isfinite(grad_norm)).double()])
+        if fabric is not None and fabric.world_size > 1:
+            figures = fabric.all_reduce(figures, reduce_op="mean")
+        per_point, bad_grads = figures.tolist()
+        if not math.isfinite(per_point):
+            raise self.fail(f"the loss is {per_point} (not finite)")
+        if bad_grads > 0:
+            raise self.fail("the gradient norm is not finite")
+        if per_point > self.limit:
+            raise self.fail(f"the loss rose to {per_point:.3g} nats per datapoint, above the divergence bound "
+                            f"{self.limit:.3g} (the first step's {self.reference:.3g} + {DIVERGENCE_FACTOR:g} x "
+                            f"{max(abs(self.reference), 1.0):.3g})")
+        if self.reference is None:
+            self.reference = per_point
+
+    def check_epoch(self, vae: torch.nn.Module, elbos: dict[str, float]) -> None:
+        """Raise if the parameters or the ELBOs of the finished epoch are not finite."""
+        bad = [name for name, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self.fail(f"parameters {bad[:3]} are not finite")
+        for split, value in elbos.items():
+            if not math.isfinite(value):
+                raise self.fail(f"the {split} ELBO is {value}")
 
 
 @dataclass
@@ -79,13 +159,31 @@ def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None
 
 
 def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: torch.Tensor,
-               grad_clip: float | None = None) -> torch.Tensor:
-    """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update."""
-    loss = module(x, objective)
+               grad_clip: float | None = None, guard: DivergenceGuard | None = None,
+               num_data: int = 1) -> torch.Tensor:
+    """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update.
+
+    With a ``guard``, the loss (divided by ``num_data``) and the gradients are checked
+    before the update, so a diverging step raises :class:`TrainingDivergedError` and
+    leaves the parameters as they were.
+    """
+    try:
+        loss = module(x, objective)
+    except ValueError as exc:  # torch's distribution validation, on NaN network outputs
+        if guard is None or not str(exc).startswith("Expected parameter"):
+            raise
+        raise guard.fail(f"the network outputs are not finite ({str(exc).splitlines()[0][:160]})") from exc
     optimizer.zero_grad(set_to_none=True)
     fabric.backward(loss)
+    grad_norm = None
     if grad_clip:
-        fabric.clip_gradients(module, optimizer, max_norm=grad_clip)
+        # Non-finite gradients are the guard's to report (torch's error would name no epoch).
+        grad_norm = fabric.clip_gradients(module, optimizer, max_norm=grad_clip, error_if_nonfinite=guard is None)
+    if guard is not None:
+        if grad_norm is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        guard.check_step(loss, grad_norm, num_data, fabric)
     optimizer.step()
     return loss.detach()
 
@@ -112,11 +210,13 @@ def fit(
     Returns:
         A :class:`FitResult`.
     """
-    state = None
+    state, source = None, None
     if resume is not None:
+        source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
         state = load_checkpoint(resume, require=("config", "model", "optimizer", "epoch", "rng", "history"))
         cfg = config_lib.from_dict(state["config"])
         if config is not None:
+            _check_extension(cfg.train, as_config(config).train.epochs, state["epoch"])
             cfg.train.epochs = as_config(config).train.epochs
         run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
     else:
@@ -129,11 +229,27 @@ def fit(
     with ExitStack() as stack:
         if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
             stack.enter_context(runs.locked_run_dir(run_dir))
-        return _fit(cfg, fabric, run_dir, state, progress, dataset)
+        return _fit(cfg, fabric, run_dir, state, progress, dataset, source)
+
+
+def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
+    """Refuse to change the length of a run whose learning rates depend on it.
+
+    ``none``, ``step`` and ``burda`` schedules are functions of the step alone, so a run
+    extended on resume equals one planned with the final length from the start (tested
+    bit for bit). Cosine's rate at every step depends on the planned total, so no
+    extension of a cosine run can equal a run planned for the new length.
+    """
+    if planned.lr_schedule == "cosine" and epochs != planned.epochs and epochs > done:
+        change = "extending" if epochs > planned.epochs else "shortening"
+        raise ConfigError(
+            f"train.lr_schedule 'cosine' was planned for {planned.epochs} epochs; {change} it to {epochs} would not "
+            f"match a run planned for {epochs} from the start; start a new run or use 'step'/'burda'/'none'."
+        )
 
 
 def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
-         dataset: Dataset | None) -> FitResult:
+         dataset: Dataset | None, source: Path | None = None) -> FitResult:
     tc = cfg.train
     pyro.set_rng_seed(tc.seed)
     dataset = dataset or load_data(cfg)
@@ -159,13 +275,17 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
 
     history: list[dict] = []
     start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0
+    guard = DivergenceGuard(lr=tc.lr, last_good="no checkpoint was written (no epoch finished)" if run_dir is not None
+                            else "nothing was saved (run_dir=None)")
     if state is not None:
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        runs.load_weights(vae, state["model"], source)
+        runs.load_weights(optimizer, state["optimizer"], source, "optimizer")
         if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
+            runs.load_weights(scheduler, state["scheduler"], source, "lr schedule")
         start_epoch, global_step = state["epoch"], state["global_step"]
         history, best, bad_epochs = list(state["history"]), state["best_val_elbo"], state["bad_epochs"]
+        guard.reference = state.get("loss_reference")
+        guard.last_good = f"{source} keeps epoch {start_epoch}, the last good one"
         restore_rng(state["rng"])
     if run_dir is not None and fabric.is_global_zero:
         runs.prepare_run_dir(run_dir, cfg)
@@ -178,14 +298,16 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     seen = 0
     bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
                desc="train", unit="step")
-    with pyro.settings.context(module_local_params=True):
+    with pyro.settings.context(module_local_params=True), bar:
         for epoch in range(start_epoch, tc.epochs):
             tic, loss_sum, batches = time.perf_counter(), 0.0, 0
             vae.train()
             for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
                                              rank=fabric.global_rank, world_size=fabric.world_size):
                 vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
-                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True), tc.grad_clip)
+                guard.epoch, guard.step = epoch + 1, global_step + 1
+                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True), tc.grad_clip,
+                                  guard, vae.num_data)
                 if scheduler is not None:
                     scheduler.step()
                 global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
@@ -195,6 +317,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             vae.eval()
             train_m = epoch_metrics(vae, metric_x, None, fabric)
             val_m = epoch_metrics(vae, val_x, None, fabric) if len(val_x) else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
+            # Before anything is saved: checkpoints never receive non-finite parameters.
+            guard.check_epoch(vae, {"train": train_m["elbo"], **({"validation": val_m["elbo"]} if len(val_x) else {})})
             row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": vae.beta,
                    "train_loss": loss_sum / max(batches, 1),
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
@@ -208,14 +332,15 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                 ckpt = {"config": asdict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
                         "global_step": global_step, "rng": capture_rng(), "history": history,
-                        "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict()}
+                        "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(),
+                        "loss_reference": guard.reference}
                 if fabric.is_global_zero:
                     runs.save_epoch(run_dir, ckpt, improved)
                     runs.write_metrics(run_dir, history)
                 fabric.barrier()
+                guard.last_good = f"{run_dir / runs.CHECKPOINT} keeps epoch {epoch + 1}, the last good one"
             if stop:
                 break
-    bar.close()
 
     ddp = None
     if fabric.world_size > 1:

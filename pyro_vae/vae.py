@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from typing import Any, Sequence
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
+from .datafiles import MAX_LEVELS
 from .objectives import IWAE
 from .likelihoods import check_support, resolve_likelihood
 from .nets import make_decoder, make_encoder
@@ -84,8 +88,7 @@ class VAE(PyroModule):
         likelihood_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        if latent_dim < 1:
-            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
+        _check_arguments(event_shape, latent_dim, hidden, levels)
         self.event_shape = tuple(int(s) for s in event_shape)
         self.latent_dim = latent_dim
         self.levels = levels
@@ -135,7 +138,7 @@ class VAE(PyroModule):
             self._check_shape(x)
             batch, device = x.shape[0], x.device
         else:
-            batch, device = num_samples or 1, self._device()
+            batch, device = 1 if num_samples is None else _count(num_samples, "num_samples"), self._device()
         prior = self.prior()
         with self._plate(batch, device) if x is not None else pyro.plate("data", batch, device=device):
             with self._kl_scale():
@@ -163,6 +166,9 @@ class VAE(PyroModule):
             return self._direct_elbo_loss(x, objective)
         if self._direct_iwae_applies(objective):
             return self._direct_iwae_loss(x, objective.num_particles)
+        if self._stock():  # Pyro would refuse bad data too, but with a page of tensor values
+            self._check_shape(x)
+            self._check_support(x)
         return objective.differentiable_loss(self.model, self.guide, x)
 
     @property
@@ -196,6 +202,7 @@ class VAE(PyroModule):
         """
         modules = self._modules
         self._check_shape(x)
+        self._check_support(x)
         loc, scale = modules["encoder"](x)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample((k,))
@@ -208,6 +215,7 @@ class VAE(PyroModule):
         # Plain attribute lookups: PyroModule's hooks would emit param statements per access.
         modules = self._modules
         self._check_shape(x)
+        self._check_support(x)
         loc, scale = modules["encoder"](x)
         q = dist.Normal(loc, scale).to_event(1)
         k = objective.num_particles
@@ -230,13 +238,14 @@ class VAE(PyroModule):
     @torch.no_grad()
     def reconstruct(self, x: Tensor, sample: bool = False) -> Tensor:
         """Decode the posterior mean of ``x``: the mean of p(x|z), or a draw if ``sample``."""
+        self._check_shape(x)
         d = self.decode(self.encode(x).mean)
         return d.sample() if sample else self.likelihood.mean(d)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = False) -> Tensor:
         """Draw ``n`` points from the model: z ~ p(z), then x ~ p(x|z) (or its mean)."""
-        z = self.prior().sample((n,))
+        z = self.prior().sample((_count(n, "n"),))
         d = self.decode(z)
         return self.likelihood.mean(d) if mean else d.sample()
 
@@ -247,6 +256,8 @@ class VAE(PyroModule):
         torch has a registered formula for the pair (returned flag ``True``), else a
         one-draw Monte Carlo estimate. ``ELBO = reconstruction - KL``.
         """
+        self._check_shape(x)
+        self._check_support(x)
         q = self.encode(x)
         z = q.rsample()
         prior = self.prior()
@@ -265,13 +276,46 @@ class VAE(PyroModule):
         check_support(self.likelihood, x, name=f"likelihood {self.likelihood.name!r}")
 
     def _check_shape(self, x: Tensor) -> None:
+        """Refuse what would fail deep inside torch: not a tensor, a wrong dtype, a wrong shape."""
+        dtype = self._dtype()
         if not torch.is_tensor(x):
-            raise TypeError(f"x must be a tensor, got {type(x).__name__}.")
+            raise TypeError(f"x must be a torch.Tensor of {dtype} values, got {type(x).__module__}.{type(x).__name__}; "
+                            f"convert it with torch.as_tensor(x, dtype={dtype}).")
+        if x.dtype != dtype:
+            raise TypeError(f"x has dtype {x.dtype} but this VAE computes in {dtype}; pass x.to({dtype}) "
+                            "(integer levels too are given as floats).")
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"x has shape {tuple(x.shape)} but this VAE models points of shape {self.event_shape}; "
                 f"pass a batch of shape (N, {', '.join(map(str, self.event_shape))})."
             )
+
+    def _check_support(self, x: Tensor) -> None:
+        """What Pyro's validation checks at the observed site, for the paths that skip Pyro.
+
+        Like Pyro, only while validation is on (the default; ``pyro.enable_validation(False)``
+        turns it off): one elementwise comparison, and the full diagnosis only on failure.
+        """
+        if not is_validation_enabled():
+            return
+        support = self.__dict__.get("_support")
+        if support is None:
+            support = self.likelihood.support
+            while hasattr(support, "base_constraint"):  # elementwise check, then one all() over everything
+                support = support.base_constraint
+            # A support that depends on the decoder's output cannot be checked ahead of it.
+            self.__dict__["_support"] = support = False if constraints.is_dependent(support) else support
+        if support is not False and not bool(support.check(x).all()):
+            check_support(self.likelihood, x, name=f"likelihood {self.likelihood.name!r}")
+            raise ValueError(f"x lies outside the support {support} of likelihood {self.likelihood.name!r}; "
+                             "transform the data to match it (see data.binarize, data.dequantize).")
+
+    def _dtype(self) -> torch.dtype:
+        # Plain module lookups: PyroModule's attribute hooks are slow on the training path.
+        for module in (self._modules["decoder"], self._modules["encoder"]):
+            for p in module.parameters():
+                return p.dtype
+        return torch.get_default_dtype()
 
     def _device(self) -> torch.device:
         return next(self.decoder.parameters()).device
@@ -280,3 +324,30 @@ class VAE(PyroModule):
     def num_dims(self) -> int:
         return math.prod(self.event_shape)
 
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _count(n: Any, name: str) -> int:
+    """``n`` as a positive number of points, or a clear error."""
+    if not _is_int(n):
+        raise TypeError(f"{name} must be a positive integer, got {n!r} ({type(n).__name__}).")
+    if n < 1:
+        raise ValueError(f"{name} must be >= 1, got {n}.")
+    return int(n)
+
+
+def _check_arguments(event_shape: Any, latent_dim: Any, hidden: Any, levels: Any) -> None:
+    """Refuse VAE arguments that would fail deep inside torch, or allocate without bound."""
+    if not isinstance(event_shape, (tuple, list, torch.Size)):
+        raise TypeError(f"event_shape must be a sequence of ints such as (8, 8) or (784,), got {event_shape!r}.")
+    if not event_shape or not all(_is_int(s) and s >= 1 for s in event_shape):
+        raise ValueError(f"event_shape must hold positive ints, e.g. (8, 8) or (1, 28, 28), got {tuple(event_shape)}.")
+    if not (_is_int(latent_dim) and latent_dim >= 1):
+        raise ValueError(f"latent_dim must be an int >= 1, got {latent_dim!r}.")
+    if hidden is not None and (not isinstance(hidden, (tuple, list)) or not all(_is_int(h) and h >= 1 for h in hidden)):
+        raise ValueError(f"hidden must be a sequence of positive ints such as (256,) or [], got {hidden!r}.")
+    if levels is not None and not (_is_int(levels) and 2 <= levels <= MAX_LEVELS):
+        raise ValueError(f"levels must be None or an int in [2, {MAX_LEVELS}], got {levels!r}; "
+                         "model continuous data with levels=None.")

@@ -216,3 +216,82 @@ def test_a_second_writer_of_a_run_dir_fails_at_once(tmp_path):
     with pytest.raises(RunDirError, match="not writable"):  # a run directory below a file cannot be made
         with locked_run_dir(tmp_path / "a_file" / "run"):
             pass
+
+
+# --------------------------------------------------------------------------- divergence and schedules
+
+
+def _finite(state) -> bool:
+    return all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_lr_1000_stops_with_a_clear_error_and_writes_no_diverged_checkpoint(tmp_path):
+    from pyro_vae.train import TrainingDivergedError
+
+    with pytest.raises(TrainingDivergedError) as err:
+        fit(tiny_config(tmp_path, train={"lr": 1e3}), progress=False)
+    message = str(err.value)
+    assert isinstance(err.value, RuntimeError) and "\n" not in message
+    assert "epoch 1, step 2" in message and "train.lr (now 1000" in message and "train.grad_clip" in message
+    assert "divergence bound" in message
+    ckpt = tmp_path / "checkpoint.pt"
+    assert not ckpt.exists() or _finite(load_checkpoint(ckpt))
+
+
+@pytest.mark.parametrize("where", ["step", "epoch-end"])
+def test_non_finite_parameters_keep_the_last_good_checkpoint(tmp_path, monkeypatch, where):
+    """NaN parameters in epoch 2 stop the run; checkpoint.pt and best.pt keep epoch 1, finite."""
+    import pyro_vae.train as train_module
+    from pyro_vae.train import TrainingDivergedError
+
+    def poison(vae):
+        with torch.no_grad():
+            next(vae.parameters()).fill_(float("nan"))
+
+    real_step, real_metrics, calls = train_module.train_step, train_module.epoch_metrics, []
+
+    def step(fabric, module, optimizer, objective, x, grad_clip=None, guard=None, num_data=1):
+        if where == "step" and guard.epoch == 2:
+            poison(module)
+        return real_step(fabric, module, optimizer, objective, x, grad_clip, guard, num_data)
+
+    def metrics(vae, *args, **kwargs):
+        calls.append(1)
+        result = real_metrics(vae, *args, **kwargs)
+        if where == "epoch-end" and len(calls) == 4:  # epoch 2's last call, just before saving
+            poison(vae)
+        return result
+
+    monkeypatch.setattr(train_module, "train_step", step)
+    monkeypatch.setattr(train_module, "epoch_metrics", metrics)
+    with pytest.raises(TrainingDivergedError, match="epoch 2") as err:
+        fit(tiny_config(tmp_path, train={"epochs": 3}), progress=False)
+    assert ("not finite" if where == "step" else "parameters") in str(err.value)
+    assert "keeps epoch 1" in str(err.value)
+    for name in ("checkpoint.pt", "best.pt"):
+        state = load_checkpoint(tmp_path / name)
+        assert state["epoch"] == 1 and _finite(state), name
+
+
+@pytest.mark.parametrize("schedule", [{"lr_schedule": "step", "lr_step_epochs": 1}, {"lr_schedule": "burda"}],
+                         ids=["step", "burda"])
+def test_resume_extends_step_schedules_exactly(tmp_path, schedule):
+    """2 epochs, then resumed to 4, equals 4 epochs planned from the start, bit for bit (lr changes in both halves)."""
+    full = fit(tiny_config(tmp_path / "full", train={"epochs": 4, **schedule}), progress=False)
+    fit(tiny_config(tmp_path / "split", train={"epochs": 2, **schedule}), progress=False)
+    resumed = fit(tiny_config(train={"epochs": 4}), resume=tmp_path / "split", progress=False)
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in full.history]
+    assert len({r["lr"] for r in full.history}) > 1  # the schedule did step
+    for key, value in _params(full.vae).items():
+        assert torch.equal(value, resumed.vae.state_dict()[key]), key
+
+
+def test_extending_a_cosine_run_is_refused(tmp_path):
+    fit(tiny_config(tmp_path, train={"epochs": 2, "lr_schedule": "cosine"}), progress=False)
+    with pytest.raises(ConfigError) as err:
+        fit(tiny_config(train={"epochs": 4}), resume=tmp_path, progress=False)
+    assert str(err.value) == ("train.lr_schedule 'cosine' was planned for 2 epochs; extending it to 4 would not match "
+                              "a run planned for 4 from the start; start a new run or use 'step'/'burda'/'none'.")
+    assert load_checkpoint(tmp_path)["epoch"] == 2  # nothing was touched
+    resumed = fit(tiny_config(train={"epochs": 2}), resume=tmp_path, progress=False)  # the planned length: fine
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
