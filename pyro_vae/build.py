@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .objectives import IWAE
 from .transforms import DataTransform
 from .vae import VAE
 
-__all__ = ["DataShape", "as_config", "load_data", "build_vae", "build_transform", "build_objective",
+__all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "OBJECT_KINDS", "build_vae", "build_transform", "build_objective",
            "build_optimizer", "build_scheduler", "make_fabric"]
 
 
@@ -82,6 +83,50 @@ def load_data(cfg: Config, root: str | None = None) -> Dataset:
                         val_fraction=d.val_fraction, test_fraction=d.test_fraction)
 
 
+def resolve_auto(cfg: Config, data: Dataset | DataShape) -> Config:
+    """``cfg`` with ``model.likelihood: auto`` replaced by what the data's representation needs.
+
+    ``bernoulli`` when ``data.binarize`` is set, ``categorical`` on quantized levels,
+    ``gaussian_learned`` on continuous values. Other likelihoods are left as they are.
+    """
+    if cfg.model.likelihood == config_lib.AUTO:
+        if cfg.data.binarize != "none":
+            cfg.model.likelihood = "bernoulli"
+        else:
+            cfg.model.likelihood = "categorical" if data.levels is not None else "gaussian_learned"
+    return cfg
+
+
+OBJECT_KINDS = ("prior", "likelihood", "encoder", "decoder")
+
+
+def record_parts(cfg: Config, objects: dict[str, Any]) -> dict[str, str]:
+    """Write ready parts into ``cfg`` as ``(name or import path, settings)``, so a checkpoint rebuilds them.
+
+    Returns:
+        ``{kind: why}`` for the parts that cannot be recorded (a lambda, a class from
+        ``__main__``, a net whose constructor settings are unknown); a run trained with
+        them can only be loaded or resumed by passing the same objects again.
+    """
+    unrecorded = {}
+    for kind, obj in objects.items():
+        if obj is None:
+            continue
+        try:
+            if kind in ("encoder", "decoder") and getattr(obj, "_part_spec", None) is None:
+                raise parts.PartError(f"{kind} {type(obj).__name__}'s constructor settings are unknown (subclass "
+                                      "pyro_vae.parts.RecordsSettings to record them)")
+            name, settings = parts.spec_of(kind, obj)
+        except parts.PartError as exc:
+            unrecorded[kind] = str(exc)
+            warnings.warn(f"{exc}; loading or resuming this run will need the same {kind} passed again "
+                          f"(load_model(path, {kind}=...), fit(resume=..., {kind}=...)).", stacklevel=3)
+            continue
+        setattr(cfg.model, kind, name)
+        setattr(cfg.model, f"{kind}_kwargs", settings)
+    return unrecorded
+
+
 def _named_part(kind: str, name: str, settings: dict) -> tuple[Any, dict]:
     """A prior/likelihood spec for the VAE: a registered name with its settings, or the built import path."""
     if not parts.is_import_path(name):
@@ -100,7 +145,7 @@ def build_vae(cfg: Config, data: Dataset | DataShape, **objects: Any) -> VAE:
         **objects: Ready parts that replace the config's (``prior=``, ``likelihood=``,
             ``encoder=``, ``decoder=``): what :func:`~pyro_vae.train.fit` was handed.
     """
-    m = cfg.model
+    m = resolve_auto(cfg, data).model
     prior, prior_kwargs = (objects["prior"], {}) if objects.get("prior") is not None else \
         _named_part("prior", m.prior, m.prior_kwargs)
     likelihood, likelihood_kwargs = (objects["likelihood"], {}) if objects.get("likelihood") is not None else \

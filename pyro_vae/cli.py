@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(config default: normal)")
     t.add_argument("--prior-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the prior, e.g. --prior mog --prior-arg k=10 (repeatable)")
-    t.add_argument("--likelihood", help="registered likelihood or import path (config default: categorical)")
+    t.add_argument("--likelihood", help="registered likelihood or import path; auto picks bernoulli for binarized data, "
+                                        "categorical for levels, gaussian_learned for continuous values (config default: auto)")
     t.add_argument("--likelihood-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a setting of the likelihood, e.g. --likelihood gaussian --likelihood-arg scale=0.05")
     t.add_argument("--latent-dim", type=int, help="size of z (config default: 8)")

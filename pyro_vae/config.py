@@ -42,6 +42,7 @@ RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", 
             "vae": ("event_shape", "latent_dim", "prior", "likelihood", "net", "hidden", "activation", "encoder",
                     "decoder", "levels", "prior_kwargs", "likelihood_kwargs")}
 LEVEL_LIKELIHOODS = ("categorical", "poisson")
+AUTO = "auto"  # model.likelihood: chosen from the data's representation when the data is known
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "dp", "fsdp", "deepspeed", "single_device")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
 
@@ -99,6 +100,9 @@ class ModelConfig:
         prior: A registered prior or ``"package.module:Name"`` (a class or function
             returning a module whose ``forward()`` gives p(z)); settings in ``prior_kwargs``.
         likelihood: A registered likelihood or an import path; settings in ``likelihood_kwargs``.
+            ``auto`` (the default) picks what the data's representation needs: ``bernoulli``
+            when ``data.binarize`` is set, ``categorical`` on quantized levels (digits,
+            MNIST), ``gaussian_learned`` on continuous data.
         encoder: ``None`` (built from ``net``) or an encoder by name/import path, called as
             ``encoder(event_shape=..., latent_dim=..., **encoder_kwargs)``.
         decoder: ``None`` (built from ``net``) or a decoder, called as
@@ -110,7 +114,7 @@ class ModelConfig:
     latent_dim: int = 8
     prior: str = "normal"
     prior_kwargs: dict = field(default_factory=dict)
-    likelihood: str = "categorical"
+    likelihood: str = "auto"
     likelihood_kwargs: dict = field(default_factory=dict)
     net: NetConfig = field(default_factory=NetConfig)
     encoder: str | None = None
@@ -244,6 +248,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
 def _check_parts(model: ModelConfig) -> None:
     for kind in PART_KEYS:
         name, settings = getattr(model, kind), getattr(model, f"{kind}_kwargs")
+        if kind == "likelihood" and name == AUTO:
+            if settings:
+                raise ConfigError("model.likelihood_kwargs is set but model.likelihood is 'auto'; name the likelihood.")
+            continue
         if name is None:
             if settings:
                 raise ConfigError(f"model.{kind}_kwargs is set but model.{kind} is not; name the {kind} too.")

@@ -37,11 +37,12 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ._recorded import RecordsSettings
 from .likelihoods import LIKELIHOODS
 from .nets import ENCODERS, DECODERS
 from .priors import PRIORS
 
-__all__ = ["PartError", "KINDS", "register", "is_import_path", "import_object", "lookup", "settings_of",
+__all__ = ["PartError", "KINDS", "RecordsSettings", "register", "is_import_path", "import_object", "lookup", "settings_of",
            "check_settings", "spec_of", "MODELS"]
 
 MODELS: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the stock VAE needs no name)

@@ -46,7 +46,7 @@ from .data import Dataset
 from .transforms import DataTransform
 from .vae import VAE
 
-__all__ = ["CHECKPOINT", "BEST", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
+__all__ = ["CHECKPOINT", "BEST", "require_custom_parts", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
            "checkpoint_path", "read_checkpoint", "load_weights", "load_model", "load_run", "read_history"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
@@ -190,45 +190,62 @@ def load_weights(target: Any, weights: Any, file: Path, what: str = "model") -> 
                               f"config describes ({detail}); it was edited or written by another version.") from None
 
 
-def _rebuild(state: dict[str, Any], shape: DataShape, file: Path) -> tuple[VAE, Config, DataTransform]:
+def require_custom_parts(custom: dict[str, str], objects: dict[str, Any], file: Path | None) -> None:
+    """Refuse to rebuild a run trained with parts its checkpoint could not record, unless they are passed."""
+    missing = sorted(kind for kind in custom if objects.get(kind) is None)
+    if missing:
+        raise CheckpointError(
+            f"{str(file)!r} was trained with a {', '.join(missing)} that could not be recorded ({custom[missing[0]]}); "
+            f"pass the same object again: {', '.join(f'{k}=...' for k in missing)}."
+        )
+
+
+def _rebuild(state: dict[str, Any], shape: DataShape, file: Path,
+             objects: dict[str, Any]) -> tuple[VAE, Config, DataTransform]:
     cfg = config_lib.from_dict(state["config"])
+    require_custom_parts(dict(state.get("custom_parts") or {}), objects, file)
     with pyro.settings.context(module_local_params=True):
-        vae = build_vae(cfg, shape)
+        vae = build_vae(cfg, shape, **objects)
     load_weights(vae, state["model"], file)
     vae.num_data = None
     vae.eval()
     return vae, cfg, build_transform(cfg, shape, vae)
 
 
-def load_model(path: str | Path, which: str = "best") -> tuple[VAE, DataTransform]:
+def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[VAE, DataTransform]:
     """The trained VAE and its data transform, from a run directory or checkpoint, without the data.
 
     Args:
         path: A run directory or a ``.pt`` checkpoint.
         which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
+        **objects: The parts (``prior=``, ``likelihood=``, ``encoder=``, ``decoder=``) of a
+            run trained with parts its checkpoint could not record (see
+            :func:`pyro_vae.build.record_parts`).
 
     Raises:
-        CheckpointError: The checkpoint predates data shapes in checkpoints (use :func:`load_run`).
+        CheckpointError: The checkpoint predates data shapes in checkpoints (use :func:`load_run`),
+            or a part it could not record was not passed.
     """
     file, state = read_checkpoint(path, which)
     if "data_shape" not in state:
         raise CheckpointError(f"Checkpoint {str(file)!r} does not record its data shape (written by an older "
                               "pyro_vae); load it with pyro_vae.runs.load_run, which reads the data.")
-    vae, _, transform = _rebuild(state, DataShape.from_dict(state["data_shape"]), file)
+    vae, _, transform = _rebuild(state, DataShape.from_dict(state["data_shape"]), file, objects)
     return vae, transform
 
 
-def load_run(path: str | Path, which: str = "best",
-             data_root: str | None = None) -> tuple[VAE, Config, Dataset, DataTransform]:
+def load_run(path: str | Path, which: str = "best", data_root: str | None = None,
+             **objects: Any) -> tuple[VAE, Config, Dataset, DataTransform]:
     """Rebuild a trained model and its data pipeline from a run directory or checkpoint file.
 
     Args:
         path: A run directory or a ``.pt`` checkpoint.
         which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
         data_root: Where the data lives now, if it moved since training.
+        **objects: Parts the checkpoint could not record, as for :func:`load_model`.
     """
     file, state = read_checkpoint(path, which)
     cfg = config_lib.from_dict(state["config"])
     dataset = load_data(cfg, root=data_root)
-    vae, cfg, transform = _rebuild(state, DataShape.of(dataset), file)
+    vae, cfg, transform = _rebuild(state, DataShape.of(dataset), file, objects)
     return vae, cfg, dataset, transform

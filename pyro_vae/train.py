@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import config as config_lib
 from . import runs
-from .build import (DataShape, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
+from .build import (DataShape, record_parts, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
                     build_vae, load_data, make_fabric)
 from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import Config, ConfigError, TrainConfig
@@ -195,6 +195,10 @@ def fit(
     resume: str | Path | None = None,
     progress: bool = True,
     dataset: Dataset | None = None,
+    prior: Any = None,
+    likelihood: Any = None,
+    encoder: Any = None,
+    decoder: Any = None,
 ) -> FitResult:
     """Train a VAE with SVI.
 
@@ -206,10 +210,19 @@ def fit(
             except that ``config.train.epochs``, when given, may extend the run.
         progress: Show a tqdm bar with the running loss.
         dataset: Use this dataset instead of loading ``config.data``.
+        prior: A ready prior (anything :class:`~pyro_vae.vae.VAE` accepts) replacing the
+            config's; recorded in the checkpoint by import path and settings when it can be.
+        likelihood: A ready likelihood, likewise.
+        encoder: A ready encoder module, likewise.
+        decoder: A ready decoder module, likewise.
 
     Returns:
         A :class:`FitResult`.
+
+    Raises:
+        TrainingDivergedError: The loss became non-finite or exploded; nothing diverged was saved.
     """
+    objects = {"prior": prior, "likelihood": likelihood, "encoder": encoder, "decoder": decoder}
     state, source = None, None
     if resume is not None:
         source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
@@ -229,7 +242,7 @@ def fit(
     with ExitStack() as stack:
         if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
             stack.enter_context(runs.locked_run_dir(run_dir))
-        return _fit(cfg, fabric, run_dir, state, progress, dataset, source)
+        return _fit(cfg, fabric, run_dir, state, progress, dataset, source, objects)
 
 
 def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
@@ -249,8 +262,13 @@ def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
 
 
 def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
-         dataset: Dataset | None, source: Path | None = None) -> FitResult:
+         dataset: Dataset | None, source: Path | None, objects: dict[str, Any]) -> FitResult:
     tc = cfg.train
+    if state is None:
+        custom = record_parts(cfg, objects)
+    else:
+        custom = dict(state.get("custom_parts") or {})
+        runs.require_custom_parts(custom, objects, source)
     pyro.set_rng_seed(tc.seed)
     dataset = dataset or load_data(cfg)
     selects_on_val = not (dataset.val_is_test or dataset.no_validation)
@@ -261,7 +279,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             f"dataset {cfg.data.name!r} has {why}, so early stopping cannot select on it; remove train.patience."
         )
     with pyro.settings.context(module_local_params=True):
-        vae = build_vae(cfg, dataset)
+        vae = build_vae(cfg, dataset, **objects)
     transform = build_transform(cfg, dataset, vae)
     vae.check_data(transform(dataset.train[:2000], train=False))
     vae.num_data = len(dataset.train)
@@ -332,7 +350,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                 ckpt = {"config": asdict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
                         "global_step": global_step, "rng": capture_rng(), "history": history,
-                        "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(),
+                        "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,
                         "loss_reference": guard.reference}
                 if fabric.is_global_zero:
                     runs.save_epoch(run_dir, ckpt, improved)

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .datafiles import MAX_LEVELS
 from .objectives import IWAE
+from .config import ModelConfig, NetConfig
 from .likelihoods import check_support, resolve_likelihood
 from .nets import make_decoder, make_encoder
 from .priors import resolve_prior
@@ -53,7 +54,9 @@ class VAE(PyroModule):
         event_shape: Shape of one datapoint, e.g. ``(8, 8)`` or ``(1, 28, 28)``.
         latent_dim: Size of ``z``.
         prior: Anything :func:`~pyro_vae.priors.resolve_prior` accepts.
-        likelihood: Anything :func:`~pyro_vae.likelihoods.resolve_likelihood` accepts.
+        likelihood: Anything :func:`~pyro_vae.likelihoods.resolve_likelihood` accepts, or
+            ``"auto"`` (the default, as in the config): ``categorical`` when ``levels`` is
+            given, else ``bernoulli``. The defaults of every argument are the config's.
         net: ``"mlp"`` or ``"conv"``, used for both nets unless they are given.
         hidden: Hidden sizes of the encoder; the decoder mirrors them.
         activation: Activation name (see :data:`pyro_vae.nets.ACTIVATIONS`).
@@ -75,12 +78,12 @@ class VAE(PyroModule):
     def __init__(
         self,
         event_shape: Sequence[int],
-        latent_dim: int = 16,
-        prior: Any = "normal",
-        likelihood: Any = "bernoulli",
-        net: str = "mlp",
-        hidden: Sequence[int] | None = None,
-        activation: str = "relu",
+        latent_dim: int = ModelConfig.latent_dim,
+        prior: Any = ModelConfig.prior,
+        likelihood: Any = ModelConfig.likelihood,
+        net: str = NetConfig.kind,
+        hidden: Sequence[int] | None = NetConfig.hidden,
+        activation: str = NetConfig.activation,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         levels: int | None = None,
@@ -95,6 +98,8 @@ class VAE(PyroModule):
         self.num_data: int | None = None
         self.beta = 1.0
 
+        if isinstance(likelihood, str) and likelihood == "auto":  # as the config: levels -> categorical
+            likelihood = "categorical" if levels else "bernoulli"
         lik = resolve_likelihood(likelihood, **(likelihood_kwargs or {}))
         lik.bind(self.event_shape, levels)
         # Level-valued inputs (categorical/Poisson data) are rescaled to [0, 1] for the encoder.
@@ -107,6 +112,33 @@ class VAE(PyroModule):
         if hasattr(prior_module, "bind"):
             prior_module.bind(latent_dim, encoder=self.encoder, event_shape=self.event_shape)
         self.prior = prior_module
+        self._check_parts()
+
+    @torch.no_grad()
+    def _check_parts(self) -> None:
+        """Fail now, with the shapes expected and found, rather than at the first SVI step."""
+        prior = self.prior()
+        if not isinstance(prior, torch.distributions.Distribution):
+            raise TypeError(f"the prior must return a distribution over z, got {type(prior).__name__}.")
+        if tuple(prior.batch_shape) != () or tuple(prior.event_shape) != (self.latent_dim,):
+            raise ValueError(
+                f"the prior returns batch_shape {tuple(prior.batch_shape)} and event_shape {tuple(prior.event_shape)}; "
+                f"a VAE with latent_dim={self.latent_dim} needs batch_shape () and event_shape ({self.latent_dim},): "
+                "size it to latent_dim and declare the dimension an event (e.g. dist.Normal(...).to_event(1))."
+            )
+        with torch.random.fork_rng(devices=[]):  # checking must not shift the caller's random stream
+            z = prior.sample((2,))
+        try:
+            lik = self.decode(z)
+        except (RuntimeError, ValueError) as exc:
+            raise ValueError(f"the decoder and likelihood do not fit latent_dim={self.latent_dim} and event_shape "
+                             f"{self.event_shape}: decoding 2 prior draws failed ({' '.join(str(exc).split())[:200]}).") from None
+        if tuple(lik.event_shape) != self.event_shape or tuple(lik.batch_shape) != (2,):
+            raise ValueError(
+                f"the likelihood returns batch_shape {tuple(lik.batch_shape)} and event_shape {tuple(lik.event_shape)} "
+                f"for 2 latent draws; it must return batch_shape (2,) and event_shape {self.event_shape} (one "
+                "distribution per point over the whole datapoint: declare the data dimensions as an event)."
+            )
 
     # -- distributions ---------------------------------------------------------------
 

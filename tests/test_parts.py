@@ -135,7 +135,7 @@ def test_bad_parts_fail_in_the_config_with_the_path_named(model, fragments):
 
 def test_binarize_with_a_level_likelihood_suggests_bernoulli():
     with pytest.raises(ConfigError, match="set model.likelihood: bernoulli"):
-        from_dict({"data": {"binarize": "dynamic"}})
+        from_dict({"data": {"binarize": "dynamic"}, "model": {"likelihood": "categorical"}})
     assert from_dict({"data": {"binarize": "dynamic"}, "model": {"likelihood": "bernoulli"}}).data.binarize == "dynamic"
 
 
@@ -160,3 +160,77 @@ def test_list_is_plain_text():
     proc = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "list"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "mog(k=10, spread=1.0)" in proc.stdout
     assert "``" not in proc.stdout and ":class:" not in proc.stdout
+
+
+def test_vae_defaults_are_the_configs():
+    """VAE(), the config and the CLI agree: one default per setting, read from the config's dataclasses."""
+    import inspect
+
+    from pyro_vae.config import ModelConfig, NetConfig
+    from pyro_vae.vae import VAE
+
+    params = inspect.signature(VAE).parameters
+    for name, default in (("latent_dim", ModelConfig.latent_dim), ("prior", ModelConfig.prior),
+                          ("likelihood", ModelConfig.likelihood), ("net", NetConfig.kind),
+                          ("activation", NetConfig.activation), ("hidden", NetConfig.hidden)):
+        assert params[name].default == default, name
+    assert VAE((8, 8), levels=17).likelihood.name == "categorical"  # auto with levels, as the config on digits
+    assert VAE((8, 8)).likelihood.name == "bernoulli"  # auto without levels
+    cfg = from_dict({"data": {"binarize": "dynamic"}})  # the user's intent: binary data
+    from pyro_vae.build import DataShape, build_vae
+
+    assert build_vae(cfg, DataShape((8, 8), 17)).likelihood.name == "bernoulli"
+    assert build_vae(from_dict({}), DataShape((3,), None)).likelihood.name == "gaussian_learned"
+
+
+@pytest.mark.parametrize("prior, fragments", [
+    (lambda: __import__("pyro.distributions", fromlist=["Normal"]).Normal(torch.zeros(3), 1.0),
+     ["batch_shape (3,)", "event_shape ()", "needs batch_shape () and event_shape (2,)", ".to_event(1)"]),
+    (lambda: __import__("pyro.distributions", fromlist=["Normal"]).Normal(torch.zeros(5), 1.0).to_event(1),
+     ["event_shape (5,)", "latent_dim=2"]),
+])
+def test_a_prior_that_does_not_fit_fails_when_the_vae_is_built(prior, fragments):
+    from pyro_vae.vae import VAE
+
+    with pytest.raises(ValueError) as err:
+        VAE((4,), latent_dim=2, prior=prior, likelihood="gaussian")
+    for fragment in fragments:
+        assert fragment in str(err.value), (fragment, str(err.value))
+
+
+def test_a_likelihood_without_event_dims_fails_when_the_vae_is_built():
+    from pyro_vae.likelihoods import Likelihood
+    from pyro_vae.vae import VAE
+
+    class NoEvent(Likelihood):  # forgot .to_event: one distribution per pixel, not per datapoint
+        def forward(self, h):
+            import pyro.distributions as dist
+
+            return dist.Normal(h.reshape(*h.shape[:-1], *self.event_shape), 1.0)
+
+    with pytest.raises(ValueError, match=r"returns batch_shape \(2, 4\) and event_shape \(\).*event_shape \(4,\)"):
+        VAE((4,), latent_dim=2, likelihood=NoEvent())
+
+
+def test_fit_takes_ready_parts_and_records_them(tmp_path):
+    """fit(prior=object): recorded by name and settings when possible; a lambda must be passed again to load."""
+    import pyro.distributions as dist
+
+    from conftest import tiny_config
+    from pyro_vae.checkpoint import CheckpointError
+    from pyro_vae.runs import load_model
+    from pyro_vae.train import fit
+
+    fit(tiny_config(tmp_path / "a", train={"epochs": 1}), prior=mog(k=3), progress=False)
+    saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["model"]
+    assert (saved["prior"], saved["prior_kwargs"]) == ("mog", {"k": 3})
+    vae, _ = load_model(tmp_path / "a")
+    assert type(vae.prior).__name__ == "mog" and vae.prior.k == 3
+
+    laplace = lambda: dist.Laplace(torch.zeros(2), torch.ones(2)).to_event(1)  # noqa: E731
+    with pytest.warns(UserWarning, match="cannot be rebuilt in another process"):
+        trained = fit(tiny_config(tmp_path / "b", train={"epochs": 1}), prior=laplace, progress=False)
+    with pytest.raises(CheckpointError, match="prior that could not be recorded.*pass the same object again: prior="):
+        load_model(tmp_path / "b")
+    vae, _ = load_model(tmp_path / "b", prior=laplace)
+    assert torch.equal(vae.decoder.net[0].weight, trained.vae.decoder.net[0].weight)
