@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bdmc", type=int, default=0, metavar="N",
                    help="BDMC on N points simulated from the model, at T/100, T/10 and T (0: off)")
     e.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
+    e.add_argument("--points", type=int, default=None, help="score only the first N points of the split (default: all)")
+    e.add_argument("--batch-size", type=int, default=None, help="points per batch (default: 100 for IS, all for AIS)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    e.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
+    e.add_argument("--out", help="output folder (default: the run directory)")
 
     c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
     c.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
@@ -211,7 +216,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     k_list = tuple(int(k) for k in args.k_list.split(",") if k)
     evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list, method=args.method,
                  steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, bdmc_points=args.bdmc,
-                 data_root=args.data_root)
+                 data_root=args.data_root, num_points=args.points, batch_size=args.batch_size, seed=args.seed,
+                 which=args.which, out=args.out)
     return 0
 
 

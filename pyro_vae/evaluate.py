@@ -71,6 +71,7 @@ def evaluate_run(
     leapfrog: int = 10,
     bdmc_points: int = 0,
     data_root: str | None = None,
+    num_points: int | None = None,
 ) -> Evaluation:
     """Evaluate a trained run on one split; write ``report.json`` and the plots.
 
@@ -113,12 +114,20 @@ def evaluate_run(
         raise ValueError(f"method must be 'is' or 'ais', got {method!r}.")
     if bdmc_points < 0:
         raise ValueError(f"bdmc_points must be >= 0, got {bdmc_points}.")
+    if num_points is not None and num_points < 1:
+        raise ValueError(f"num_points must be >= 1 or None (all), got {num_points}.")
     run_dir = Path(run_dir)
     out_dir = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
     if fabric is None or fabric.is_global_zero:  # an unwritable folder is found before the computation, not after
-        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            probe = out_dir / ".write_test.tmp"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise ValueError(f"output folder {str(out_dir)!r} is not writable ({exc.strerror}); pass another --out.") from None
     vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
-    x = transform(dataset.split(split)[0], train=False)
+    x = transform(dataset.split(split)[0][:num_points], train=False)
     levels = transform.density_levels
     ev = evaluate(vae, x, num_samples, k_list, batch_size=batch_size, levels=levels, fabric=fabric, seed=seed)
     provenance = {"run_dir": str(run_dir), "split": split, "dataset": dataset.name, "data": transform.describe(),

@@ -358,3 +358,24 @@ def test_evaluate_run_writes_report_and_plots(trained_run, capsys):
     assert {"khat", "ess"} <= set(idata.sample_stats.data_vars)
     summary = ev.summary()
     assert summary.count("\n") < 25 and "PSIS" in summary
+
+
+def test_evaluate_run_with_ais_and_bdmc_writes_the_sections(trained_run, tmp_path, capsys):
+    """--method ais --bdmc N: ais and bdmc sections beside IS, the sandwich picture, and which number to quote."""
+    run_dir, _ = trained_run
+    ev = evaluate_run(run_dir, num_samples=200, k_list=(1, 200), out=tmp_path, method="ais", steps=40, chains=4,
+                      leapfrog=4, bdmc_points=6, num_points=12)
+    out = capsys.readouterr().out
+    assert "AIS: N=12 points" in out and "BDMC: N=6 simulated points" in out and "Quote: AIS" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["num_points"] == 12 and report["ais"]["num_points"] == 12
+    assert report["ais"]["settings"]["steps"] == 40 and report["bdmc"]["num_points"] == 6
+    assert [row["steps"] for row in report["bdmc_curve"]] == [2, 4, 40]
+    gaps = [row["gap"]["mean"] for row in report["bdmc_curve"]]
+    assert gaps[0] > gaps[-1], gaps  # the sandwich closes as T grows
+    assert report["quote"].startswith("Quote: AIS")
+    # AIS and IS estimate the same log p(x): on a small model they agree to a few nats per point.
+    assert abs(report["ais"]["log_likelihood"]["mean"] - report["log_likelihood"]["mean"]) < 3.0
+    assert set(ev.sections) == {"ais", "bdmc"}
+    assert (tmp_path / "bdmc_sandwich.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / ".write_test.tmp").exists()
