@@ -59,7 +59,7 @@ class Settings:
         2
     """
 
-    steps: int = 500
+    steps: int = 100
     chains: int = 16
     leapfrog: int = 10
     schedule: str = "sigmoid"
@@ -321,7 +321,7 @@ class AISResult:
         return self.summary()
 
 
-def ais(vae: Any, x: Tensor, *, steps: int = 500, chains: int = 16, leapfrog: int = 10, schedule: str = "sigmoid",
+def ais(vae: Any, x: Tensor, *, steps: int = 100, chains: int = 16, leapfrog: int = 10, schedule: str = "sigmoid",
         init: str = "guide", step_size: float = 0.05, target_accept: float = 0.65, adapt: str = "pilot",
         pilots: int | None = None, batch_size: int | None = None, levels: int | None = None, fabric: Any = None,
         seed: int | None = None, method: str = "auto", progress: bool = False) -> AISResult:

@@ -73,12 +73,18 @@ def simulate(vae: Any, num_points: int, *, seed: int | None = None, method: str 
     with seeded(seed, 0, device), torch.no_grad(), evaluation_mode(vae):
         if is_stock_vae(vae) and method != "trace":
             z = vae.prior().sample((num_points,))
-            return vae.decode(z).sample(), {"z": z}
+            return _model_space(vae.decode(z).sample()), {"z": z}
         trace = poutine.trace(vae.model).get_trace(None, num_samples=num_points)
     x = trace.nodes["_RETURN"]["value"]
     latents = {name: site["value"] for name, site in trace.nodes.items()
                if site["type"] == "sample" and not site_is_subsample(site) and site["value"] is not x}
-    return x, latents
+    return _model_space(x), latents
+
+
+def _model_space(x: Tensor) -> Tensor:
+    # Discrete likelihoods (categorical, Poisson) draw integer levels; the model sees levels as
+    # floats, as DataTransform hands them over, and the estimators take floating-point data.
+    return x if x.is_floating_point() else x.float()
 
 
 @dataclass
@@ -170,7 +176,7 @@ class BDMCResult:
         return self.summary()
 
 
-def bdmc(vae: Any, num_points: int = 50, *, steps: int = 500, chains: int = 16, leapfrog: int = 10,
+def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, leapfrog: int = 10,
          schedule: str = "sigmoid", init: str = "guide", step_size: float = 0.05, target_accept: float = 0.65,
          adapt: str = "pilot", pilots: int | None = None, is_samples: int | None = None,
          data: tuple[Tensor, dict[str, Tensor]] | None = None, batch_size: int | None = None, fabric: Any = None,

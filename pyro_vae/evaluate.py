@@ -66,7 +66,7 @@ def evaluate_run(
     fabric: Any = None,
     verbose: bool = True,
     method: str = "is",
-    steps: int = 500,
+    steps: int = 100,
     chains: int = 16,
     leapfrog: int = 10,
     bdmc_points: int = 0,

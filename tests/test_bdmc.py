@@ -80,3 +80,14 @@ def test_several_processes_need_a_seed():
 
     with pytest.raises(ValueError, match="seed"):
         bdmc(vae, 4, steps=2, chains=2, fabric=TwoRanks())
+
+
+def test_simulated_levels_are_model_space_floats():
+    """A categorical model draws integer levels; BDMC scores them as the floats the model was trained on."""
+    from pyro_vae.vae import VAE
+
+    vae = VAE((3,), latent_dim=1, likelihood="categorical", levels=4, hidden=[4])
+    x, _ = simulate(vae, 5, seed=0)
+    assert x.dtype == torch.float32 and torch.equal(x, x.round()) and 0 <= x.min() and x.max() <= 3
+    res = bdmc(vae, 5, steps=5, chains=2, leapfrog=2, seed=0, is_samples=10)
+    assert torch.isfinite(res.lower).all() and torch.isfinite(res.is_log_px).all()
