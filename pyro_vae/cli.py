@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed of the draws")
     e.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
     e.add_argument("--out", help="output folder (default: the run directory)")
+    e.add_argument("--devices", type=int, default=1, help="processes (devices) that share the points, by DDP")
+    e.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
 
     c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
     c.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
@@ -215,10 +217,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
 
     k_list = tuple(int(k) for k in args.k_list.split(",") if k)
+    fabric = None
+    if args.devices > 1:  # each process scores its share of the points; rank 0 writes the report
+        from .build import make_fabric
+        from .config import TrainConfig
+
+        fabric = make_fabric(TrainConfig(devices=args.devices, accelerator=args.accelerator))
+        fabric.launch()
     evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list, method=args.method,
                  steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, bdmc_points=args.bdmc,
                  data_root=args.data_root, num_points=args.points, batch_size=args.batch_size, seed=args.seed,
-                 which=args.which, out=args.out)
+                 which=args.which, out=args.out, fabric=fabric, verbose=fabric is None or fabric.is_global_zero)
     return 0
 
 
