@@ -40,8 +40,9 @@ from torch import Tensor
 from torch.distributions import biject_to
 
 from .hmc import ADAPT_MODES, SCHEDULES, LogTerms, anneal, beta_schedule
-from .logjoint import PARTICLE_PLATE, is_stock_vae, log_joint, trace_log_terms
-from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
+from .logjoint import PARTICLE_PLATE, log_joint, trace_log_terms, use_fused
+from .sharding import (evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded,
+                       shard_to_device)
 from .report import json_safe
 from .stats import LogLikelihood, bits_per_dim, logmeanexp, logmeanexp_mc_se, mean_se
 
@@ -208,19 +209,10 @@ def run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] |
     The driver of :func:`ais` and :func:`pyro_vae.bdmc.bdmc`. Returns ``(per_point,
     method, world_size)``; ``exact`` (``{site: (N, ...)}``) adds the reverse chains.
     """
-    if method not in ("auto", "fused", "trace"):
-        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
-    stock = is_stock_vae(vae)
-    if method == "fused" and not stock:
-        raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
-    fused = stock and method != "trace"
+    fused = use_fused(vae, method)
     total = x.shape[0]
-    if total == 0:
-        raise ValueError("AIS needs at least one datapoint, got an empty tensor.")
     rank, world = rank_and_world(fabric)
-    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
-    device = fabric.device if fabric is not None else (params[0].device if params else x.device)
-    shard = points_of_rank(x, fabric).to(device)
+    shard, device = shard_to_device(vae, x, fabric)
     exact_shard = None if exact is None else {k: points_of_rank(v, fabric).to(device) for k, v in exact.items()}
     batch_size = batch_size or 100
     bar = None

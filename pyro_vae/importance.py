@@ -51,11 +51,11 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
-from .logjoint import WeightTerms, draw_log_weights, is_stock_vae, subsample_factor, weight_terms
+from .logjoint import WeightTerms, draw_log_weights, subsample_factor, use_fused, weight_terms
 from .objectives import IWAE
 from .priors import marginal_log_prob_per_dim
 from .report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
-from .sharding import evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded
+from .sharding import evaluation_mode, gather_points, rank_and_world, release_freed_memory, seeded, shard_to_device
 from .stats import logmeanexp, logmeanexp_mc_se
 
 # WeightTerms, weight_terms, subsample_factor and IWAE are re-exported from their new homes.
@@ -214,17 +214,10 @@ def evaluate(
     """
     _check_arguments(vae, x, num_samples, k_list, batch_size, chunk_size, levels, seed, method)
     k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
-    stock = is_stock_vae(vae)
-    if method == "fused" and not stock:
-        raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
-    fused = stock and method != "trace"
+    fused = use_fused(vae, method)
     total = x.shape[0]
-    if total == 0:
-        raise ValueError("evaluate needs at least one datapoint, got an empty tensor.")
     rank, world = rank_and_world(fabric)
-    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
-    device = fabric.device if fabric is not None else (params[0].device if params else x.device)
-    shard = points_of_rank(x, fabric).to(device)
+    shard, device = shard_to_device(vae, x, fabric)
     batch_size = _bounded_batch(batch_size or 100, num_samples)
     if hasattr(vae, "check_data") and is_validation_enabled():  # the fused path skips Pyro's support checks
         for start in range(0, len(shard), batch_size):

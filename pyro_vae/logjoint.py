@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .likelihoods import Generic
 
-__all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", "subsample_factor", "is_stock_vae", "fused_bernoulli",
+__all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", "subsample_factor", "is_stock_vae", "use_fused", "fused_bernoulli",
            "log_joint", "log_lik_blocks", "bernoulli_log_prob_pieces", "draw_log_weights",
            "BLOCK_ELEMENTS", "PIECE_ELEMENTS", "PARTICLE_PLATE"]
 
@@ -185,6 +185,16 @@ def is_stock_vae(vae: Any) -> bool:
     """
     overridden = getattr(vae, "overridden", None)
     return isinstance(overridden, frozenset) and not overridden & {"model", "guide", "encode"}
+
+
+def use_fused(vae: Any, method: str) -> bool:
+    """Whether an estimator takes the fused path: ``method`` is ``"auto"``, ``"fused"`` or ``"trace"``."""
+    if method not in ("auto", "fused", "trace"):
+        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
+    stock = is_stock_vae(vae)
+    if method == "fused" and not stock:
+        raise ValueError("method='fused' needs a pyro_vae VAE with its own model, guide and encode; use 'trace'.")
+    return stock and method != "trace"
 
 
 def fused_bernoulli(vae: Any) -> bool:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-__all__ = ["evaluation_mode", "points_of_rank", "gather_points", "seeded", "release_freed_memory", "rank_and_world"]
+__all__ = ["evaluation_mode", "points_of_rank", "shard_to_device", "gather_points", "seeded", "release_freed_memory", "rank_and_world"]
 
 
 def rank_and_world(fabric: Any) -> tuple[int, int]:
@@ -34,6 +34,15 @@ def points_of_rank(x: Tensor, fabric: Any) -> Tensor:
     if x.shape[0] < world:  # checked on every rank alike
         raise ValueError(f"{x.shape[0]} points cannot be sharded over {world} processes; use fewer processes.")
     return x[rank::world]
+
+
+def shard_to_device(vae: Any, x: Tensor, fabric: Any) -> tuple[Tensor, torch.device]:
+    """This rank's points on the device the model (or ``fabric``) computes on, and that device."""
+    if x.shape[0] == 0:
+        raise ValueError("an estimator needs at least one datapoint, got an empty tensor.")
+    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
+    device = fabric.device if fabric is not None else (params[0].device if params else x.device)
+    return points_of_rank(x, fabric).to(device), device
 
 
 def gather_points(fabric: Any, t: Tensor, total: int) -> Tensor:
@@ -79,17 +88,6 @@ def evaluation_mode(vae: Any) -> Iterator[None]:
             setattr(vae, k, v)
         if hasattr(vae, "train"):
             vae.train(training)
-
-
-def _gather(fabric: Any, t: Tensor, total: int) -> Tensor:
-    """Undo the ``x[rank::world]`` sharding: all-gather and restore the original order."""
-    world = fabric.world_size
-    per_rank = math.ceil(total / world)
-    pad = per_rank - t.shape[0]
-    if pad:  # all_gather needs equal shapes; padded rows land past ``total`` and are cut
-        t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])])
-    g = fabric.all_gather(t.contiguous())  # (world, per_rank, ...): g[r, j] is point j * world + r
-    return g.transpose(0, 1).reshape(world * per_rank, *t.shape[1:])[:total]
 
 
 def _libc_malloc_trim() -> Any:
