@@ -35,7 +35,7 @@ from .objectives import IWAE
 from .transforms import DataTransform
 from .vae import VAE
 
-__all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "OBJECT_KINDS", "build_vae", "build_transform", "build_objective",
+__all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "record_vae", "OBJECT_KINDS", "build_vae", "build_transform", "build_objective",
            "build_optimizer", "build_scheduler", "make_fabric"]
 
 
@@ -125,6 +125,24 @@ def record_parts(cfg: Config, objects: dict[str, Any]) -> dict[str, str]:
         setattr(cfg.model, kind, name)
         setattr(cfg.model, f"{kind}_kwargs", settings)
     return unrecorded
+
+
+def record_vae(cfg: Config, vae: VAE) -> dict[str, Any]:
+    """Write a ready VAE's structure into ``cfg`` and return its parts for :func:`record_parts`.
+
+    The latent size and the net settings come from the VAE itself; a subclass is recorded
+    by its import path (its extra constructor arguments cannot be known, so it must take
+    the stock VAE's arguments to be rebuilt from a checkpoint).
+    """
+    made = vae.construction
+    cfg.model.latent_dim = vae.latent_dim
+    cfg.model.net.kind, cfg.model.net.hidden, cfg.model.net.activation = made["net"], made["hidden"], made["activation"]
+    if type(vae) is not VAE:
+        name = parts.registered_name("vae", type(vae))
+        cfg.model.vae, cfg.model.vae_kwargs = name or f"{type(vae).__module__}:{type(vae).__qualname__}", {}
+    return {"prior": vae.prior, "likelihood": vae.likelihood,
+            "encoder": vae.encoder if made["encoder_given"] else None,
+            "decoder": vae.decoder if made["decoder_given"] else None}
 
 
 def _named_part(kind: str, name: str, settings: dict) -> tuple[Any, dict]:

@@ -43,7 +43,7 @@ from .nets import ENCODERS, DECODERS
 from .priors import PRIORS
 
 __all__ = ["PartError", "KINDS", "RecordsSettings", "register", "is_import_path", "import_object", "lookup", "settings_of",
-           "check_settings", "spec_of", "MODELS"]
+           "check_settings", "spec_of", "registered_name", "MODELS"]
 
 MODELS: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the stock VAE needs no name)
 KINDS: dict[str, dict[str, Callable[..., Any]]] = {
@@ -181,7 +181,8 @@ def _path_of(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
-def _registered_name(kind: str, strategy: Any) -> str | None:
+def registered_name(kind: str, strategy: Any) -> str | None:
+    """The short name ``strategy`` is registered under, or ``None``."""
     return next((name for name, s in KINDS[kind].items() if s is strategy), None)
 
 
@@ -200,7 +201,7 @@ def spec_of(kind: str, part: Any) -> tuple[str, dict[str, Any]]:
     strategy, settings = recorded if recorded is not None else (part, {})
     if isinstance(strategy, str):  # recorded by name already
         return strategy, dict(settings)
-    name = _registered_name(kind, strategy)
+    name = registered_name(kind, strategy)
     if name is None:
         module, qualname = getattr(strategy, "__module__", None), getattr(strategy, "__qualname__", "")
         if module in (None, "__main__") or "<" in qualname:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from . import config as config_lib
 from . import runs
-from .build import (DataShape, record_parts, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
+from .build import (DataShape, record_parts, record_vae, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
                     build_vae, load_data, make_fabric)
 from .checkpoint import capture_rng, load_checkpoint, restore_rng
 from .config import Config, ConfigError, TrainConfig
@@ -199,6 +199,7 @@ def fit(
     likelihood: Any = None,
     encoder: Any = None,
     decoder: Any = None,
+    vae: VAE | None = None,
 ) -> FitResult:
     """Train a VAE with SVI.
 
@@ -215,6 +216,8 @@ def fit(
         likelihood: A ready likelihood, likewise.
         encoder: A ready encoder module, likewise.
         decoder: A ready decoder module, likewise.
+        vae: A ready :class:`~pyro_vae.vae.VAE` (or subclass) to train instead of building
+            one from the config; its structure and parts are recorded into the run's config.
 
     Returns:
         A :class:`FitResult`.
@@ -223,6 +226,12 @@ def fit(
         TrainingDivergedError: The loss became non-finite or exploded; nothing diverged was saved.
     """
     objects = {"prior": prior, "likelihood": likelihood, "encoder": encoder, "decoder": decoder}
+    if vae is not None:
+        if any(v is not None for v in objects.values()):
+            raise ValueError("pass either vae= or its parts (prior=, likelihood=, encoder=, decoder=), not both.")
+        if resume is not None:
+            raise ValueError("resume= continues a saved run; its model is rebuilt from the checkpoint, so drop vae=.")
+    objects["vae"] = vae
     state, source = None, None
     if resume is not None:
         source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
@@ -264,8 +273,9 @@ def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
 def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
          dataset: Dataset | None, source: Path | None, objects: dict[str, Any]) -> FitResult:
     tc = cfg.train
+    ready_vae = objects.pop("vae", None)
     if state is None:
-        custom = record_parts(cfg, objects)
+        custom = record_parts(cfg, record_vae(cfg, ready_vae) if ready_vae is not None else objects)
     else:
         custom = dict(state.get("custom_parts") or {})
         runs.require_custom_parts(custom, objects, source)
@@ -279,7 +289,13 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             f"dataset {cfg.data.name!r} has {why}, so early stopping cannot select on it; remove train.patience."
         )
     with pyro.settings.context(module_local_params=True):
-        vae = build_vae(cfg, dataset, **objects)
+        vae = ready_vae if ready_vae is not None else build_vae(cfg, dataset, **objects)
+    if tuple(vae.event_shape) != tuple(dataset.event_shape):
+        raise ConfigError(f"the VAE models points of shape {tuple(vae.event_shape)} but {cfg.data.name!r} has "
+                          f"{tuple(dataset.event_shape)}; build it with event_shape={tuple(dataset.event_shape)}.")
+    # A PyroModule must run in the parameter mode it was built in: ours are built with
+    # module-local parameters; a ready VAE built outside that context keeps Pyro's global store.
+    local_params = ready_vae is None or hasattr(getattr(vae, "_pyro_context", None), "param_state")
     transform = build_transform(cfg, dataset, vae)
     vae.check_data(transform(dataset.train[:2000], train=False))
     vae.num_data = len(dataset.train)
@@ -316,7 +332,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     seen = 0
     bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
                desc="train", unit="step")
-    with pyro.settings.context(module_local_params=True), bar:
+    with pyro.settings.context(module_local_params=local_params), bar:
         for epoch in range(start_epoch, tc.epochs):
             tic, loss_sum, batches = time.perf_counter(), 0.0, 0
             vae.train()

@@ -97,6 +97,10 @@ class VAE(PyroModule):
         self.levels = levels
         self.num_data: int | None = None
         self.beta = 1.0
+        # How the nets were asked for, so a run trained on a ready VAE can record its config.
+        self.construction = {"net": net, "hidden": None if hidden is None else [int(h) for h in hidden],
+                             "activation": activation, "encoder_given": encoder is not None,
+                             "decoder_given": decoder is not None}
 
         if isinstance(likelihood, str) and likelihood == "auto":  # as the config: levels -> categorical
             likelihood = "categorical" if levels else "bernoulli"

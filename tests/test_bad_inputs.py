@@ -20,7 +20,7 @@ from pyro.infer import Trace_ELBO
 from pyro_vae import cli
 from pyro_vae.build import DataShape, build_vae
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_vae.config import ConfigError, from_dict
+from pyro_vae.config import ConfigError, from_dict, load
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.importance import IWAE, evaluate
 from pyro_vae.runs import load_model
@@ -342,8 +342,35 @@ CONFIG_CASES = [
     pytest.param({"data": {"binarize": "yes"}}, "data.binarize", id="binarize-unknown"),
     pytest.param({"model": {"net": {"hidden": "16"}}}, "model.net.hidden", id="hidden-str"),
     pytest.param({"train": {"adam_eps": 0.0}}, "train.adam_eps", id="adam-eps-0"),
+    pytest.param({"train": {"grad_clip": -1.0}}, "train.grad_clip", id="grad-clip-negative"),
+    pytest.param({"train": {"patience": 0}}, "train.patience", id="patience-0"),
+    pytest.param({"model": {"net": {"hidden": [0]}}}, "model.net.hidden[0]", id="hidden-layer-0"),
+    pytest.param({"train": {"metrics_max_points": -5}}, "train.metrics_max_points", id="metrics-cap-negative"),
+    pytest.param({"train": {"lr": float("inf")}}, "train.lr", id="lr-inf"),
+    pytest.param({"train": {"beta": float("nan")}}, "train.beta", id="beta-nan"),
+    pytest.param({"train": {"warmup_epochs": -1.0}}, "train.warmup_epochs", id="warmup-negative"),
+    pytest.param({"model": {"prior": {"name": "mog", "k": "ten"}}}, "model.prior_kwargs.k", id="part-setting-str-for-int"),
     pytest.param([1, 2], "config", id="not-a-mapping"),
 ]
+
+
+YAML_CASES = [
+    pytest.param("a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                 "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n",
+                 "aliases", id="yaml-alias-bomb"),
+    pytest.param("train:\n  lr: 0.1\n  lr: 0.2\n", "duplicate key 'lr'", id="yaml-duplicate-key"),
+    pytest.param("train: [unclosed\n", "not valid YAML", id="yaml-syntax"),
+    pytest.param("\udcff", "not valid YAML", id="yaml-not-text"),
+]
+
+
+@pytest.mark.parametrize("text, words", YAML_CASES)
+def test_bad_yaml_file(tmp_path, text, words):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert_clear(err.value, words, "bad.yaml")
 
 
 @pytest.mark.parametrize("raw, field", CONFIG_CASES)
