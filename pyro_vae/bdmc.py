@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .ais import Settings, run_chains
 from .importance import evaluate
-from .report import json_safe
+from .report import PosteriorCollapseWarning, json_safe
 from .logjoint import is_stock_vae
 from .sharding import evaluation_mode, rank_and_world, seeded
 from .stats import mean_se
@@ -232,8 +232,10 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
     is_log_px = None
     if k > 0:
         is_seed = None if seed is None else seed + IS_SEED_OFFSET
-        is_log_px = evaluate(vae, x, num_samples=k, k_list=(1,), batch_size=batch_size, fabric=fabric,
-                             seed=is_seed, method=method).log_px
+        with warnings.catch_warnings():  # latent-collapse warnings are about the model, already reported on real data
+            warnings.simplefilter("ignore", PosteriorCollapseWarning)
+            is_log_px = evaluate(vae, x, num_samples=k, k_list=(1,), batch_size=batch_size, fabric=fabric,
+                                 seed=is_seed, method=method).log_px
     grad_evals = per_point["grad_evals"].sum() + per_point["reverse_grad_evals"].sum()
     return BDMCResult(per_point["log_px"], per_point["mc_se"], per_point["upper"], per_point["upper_mc_se"],
                       per_point["accept_rate"], per_point["reverse_accept_rate"], is_log_px, k, cfg, used,
