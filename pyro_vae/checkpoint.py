@@ -27,16 +27,14 @@ from typing import Any, Iterable
 
 import torch
 
+from .errors import CheckpointError
+
 __all__ = ["FORMAT", "CheckpointError", "UnreadableFileError", "safe_torch_load", "save_checkpoint", "load_checkpoint",
            "capture_rng", "restore_rng"]
 
 FORMAT = "pyro_vae.checkpoint/1"
 # torch.save writes a zip archive (since torch 1.6) or, in the legacy format, a pickle stream.
 _TORCH_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"\x80")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or not a pyro_vae checkpoint."""
 
 
 class UnreadableFileError(ValueError):

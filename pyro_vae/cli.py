@@ -297,15 +297,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .runs import RunDirError
-    from .train import TrainingDivergedError
+    from .errors import PyroVAEError
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
     try:
         return commands[args.command](args)
-    except (ConfigError, CheckpointError, RunDirError, TrainingDivergedError, FileNotFoundError, ValueError) as exc:
+    except (PyroVAEError, FileNotFoundError, ValueError) as exc:
         print(f"pyro-vae {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
 from . import parts
 from .data import DATASETS
 from .nets import ACTIVATIONS, NETS
@@ -45,10 +46,6 @@ LEVEL_LIKELIHOODS = ("categorical", "poisson")
 AUTO = "auto"  # model.likelihood: chosen from the data's representation when the data is known
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "dp", "fsdp", "deepspeed", "single_device")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names it and the valid choices."""
 
 
 @dataclass

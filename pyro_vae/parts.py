@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from .errors import PartError
 from ._recorded import RecordsSettings
 from .likelihoods import LIKELIHOODS
 from .nets import ENCODERS, DECODERS
@@ -49,10 +50,6 @@ MODELS: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the sto
 KINDS: dict[str, dict[str, Callable[..., Any]]] = {
     "prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS, "vae": MODELS,
 }
-
-
-class PartError(ValueError):
-    """A part cannot be found, imported, configured or recorded; the message says which and how to fix it."""
 
 
 def register(kind: str, name: str | None = None) -> Callable[[Callable], Callable]:

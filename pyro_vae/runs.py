@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 import pyro
 import torch
 
+from .errors import RunDirError
 from . import config as config_lib
 from . import plots
 from .build import DataShape, build_transform, build_vae, load_data
@@ -51,10 +52,6 @@ __all__ = ["CHECKPOINT", "BEST", "require_custom_parts", "RunDirError", "locked_
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 WHICH = ("best", "last")
-
-
-class RunDirError(RuntimeError):
-    """A run directory cannot be used: not writable, or in use by another process."""
 
 
 @contextmanager

@@ -29,6 +29,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .errors import TrainingDivergedError
 from . import config as config_lib
 from . import runs
 from .build import (DataShape, record_parts, record_vae, as_config, build_objective, build_optimizer, build_scheduler, build_transform,
@@ -45,10 +46,6 @@ __all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "TrainingDivergedE
            "DIVERGENCE_FACTOR", "build_vae", "build_transform", "build_objective", "build_optimizer", "load_run"]
 
 DIVERGENCE_FACTOR = 1e4  # a loss this many times its starting scale above the start has exploded
-
-
-class TrainingDivergedError(RuntimeError):
-    """Training diverged: a non-finite or exploding loss, or non-finite gradients, parameters or ELBOs."""
 
 
 @dataclass
