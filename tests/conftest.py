@@ -19,6 +19,18 @@ def clean_pyro_state():
     pyro.clear_param_store()
 
 
+@pytest.fixture
+def gloo_rendezvous(monkeypatch):
+    """Environment for a 2-process gloo test: a free local port (parallel runs cannot collide), one OMP thread."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}.items():
+        monkeypatch.setenv(key, value)  # read by the spawned ranks only
+
+
 def tiny_config(tmp_path=None, **sections):
     """A config that trains in about a second on digits."""
     cfg = {

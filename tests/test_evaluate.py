@@ -275,16 +275,9 @@ def _sharded_worker(fabric, state: dict, x: torch.Tensor) -> dict:
     return out
 
 
-def test_two_process_gloo_sharding_matches_unsharded(monkeypatch):
-    import socket
-
+def test_two_process_gloo_sharding_matches_unsharded(gloo_rendezvous):
     from lightning_fabric import Fabric
 
-    with socket.socket() as sock:  # a free rendezvous port, so parallel test runs cannot collide
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}.items():
-        monkeypatch.setenv(key, value)  # read by the spawned ranks only
     vae, x, _ = linear_gaussian(orthogonal=False, exact_guide=False)
     x = x[:23]  # not a multiple of the world size: exercises the padding
     try:
