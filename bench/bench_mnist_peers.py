@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -139,7 +140,8 @@ def train(name: str, x_unit: torch.Tensor, epochs: int, seed: int, run_dir: Path
         torch.save(state, tmp)
         os.replace(tmp, ckpt)
         print(f"[{time.strftime('%H:%M:%S')}] {name}: epoch {epoch + 1}/{epochs} ({seconds[-1]:.1f} s)", flush=True)
-    model.seconds_per_epoch = sum(seconds) / max(len(seconds), 1)
+    # The median: an epoch paused (SIGSTOP) or slowed by another job would dominate a mean.
+    model.seconds_per_epoch = statistics.median(seconds) if seconds else float("nan")
     return model.eval()
 
 
@@ -185,9 +187,9 @@ def main() -> None:
     vae, _, _, _ = load_run(ours, which="last")
     transform = build_transform(cfg, dataset, vae)
     x = transform(dataset.test, train=False)
-    seconds_ours = sum(h["seconds"] for h in json.loads((runs / "elbo" / "metrics.json").read_text())[: args.epochs])
+    seconds_ours = statistics.median(h["seconds"] for h in json.loads((runs / "elbo" / "metrics.json").read_text())[: args.epochs])
 
-    models = {"pyro_vae": (vae, "fused", seconds_ours / args.epochs),
+    models = {"pyro_vae": (vae, "fused", seconds_ours),
               "Pyro example design": (example, "trace", example.seconds_per_epoch),
               "hand-written PyTorch": (handwritten_as_pyro_vae(hand, cfg, dataset), "fused", hand.seconds_per_epoch)}
     evals, rows = {}, []
