@@ -44,7 +44,7 @@ from .logjoint import PARTICLE_PLATE, log_joint, trace_log_terms, use_fused
 from .sharding import (evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded,
                        shard_to_device)
 from .report import json_safe
-from .stats import LogLikelihood, bits_per_dim, logmeanexp, logmeanexp_mc_se, mean_se
+from .stats import LogLikelihood, dataset_figure, logmeanexp, logmeanexp_mc_se
 
 __all__ = ["AISResult", "Settings", "ais", "run_chains", "INITS"]
 
@@ -283,9 +283,7 @@ class AISResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary figures."""
-        figure = mean_se(self.log_px)
-        figure["mc_se"] = (self.mc_se.pow(2).sum().sqrt() / self.num_points).item()
-        figure["bits_per_dim"] = bits_per_dim(figure["mean"], self.num_dims, self.levels)
+        figure = dataset_figure(self.log_px, self.mc_se, self.num_dims, self.levels)
         return json_safe({
             "estimator": "ais", "num_points": self.num_points, "num_dims": self.num_dims, "levels": self.levels,
             "method": self.method, "world_size": self.world_size, "seconds": self.seconds, "grad_evals": self.grad_evals,

@@ -41,7 +41,7 @@ from .importance import evaluate
 from .report import PosteriorCollapseWarning, json_safe
 from .logjoint import is_stock_vae
 from .sharding import evaluation_mode, rank_and_world, seeded
-from .stats import mean_se
+from .stats import dataset_figure
 
 __all__ = ["BDMCResult", "bdmc", "bdmc_curve", "simulate"]
 
@@ -133,12 +133,7 @@ class BDMCResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary figures."""
-        def figure(v: Tensor, se: Tensor | None = None) -> dict[str, float]:
-            out = mean_se(v)
-            if se is not None:
-                out["mc_se"] = (se.pow(2).sum().sqrt() / v.numel()).item()
-            return out
-
+        figure = dataset_figure
         report = {
             "estimator": "bdmc", "num_points": self.num_points, "method": self.method, "world_size": self.world_size,
             "seconds": self.seconds, "grad_evals": self.grad_evals, "settings": self.settings.to_dict(),

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Protocol
 import torch
 from torch import Tensor
 
-from .stats import LogLikelihood, bits_per_dim, mean_se
+from .stats import LogLikelihood, dataset_figure
 
 __all__ = ["Evaluation", "Section", "PosteriorCollapseWarning", "json_safe", "write_report", "KHAT_THRESHOLD",
            "ACTIVE_THRESHOLD", "COLLAPSE_KL"]
@@ -146,10 +146,7 @@ class Evaluation:
         return self.unreliable.double().mean().item()
 
     def _figure(self, values: Tensor, mc_se: Tensor) -> dict[str, float]:
-        out = mean_se(values)
-        out["mc_se"] = (mc_se.double().pow(2).sum().sqrt() / values.numel()).item()
-        out["bits_per_dim"] = bits_per_dim(out["mean"], self.num_dims, self.levels)
-        return out
+        return dataset_figure(values, mc_se, self.num_dims, self.levels)
 
     def to_dict(self) -> dict[str, Any]:
         """Summary figures for ``report.json`` (non-finite values become ``None``)."""

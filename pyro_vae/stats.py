@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["LogLikelihood", "mean_se", "bits_per_dim", "logmeanexp", "logmeanexp_mc_se"]
+__all__ = ["LogLikelihood", "mean_se", "dataset_figure", "bits_per_dim", "logmeanexp", "logmeanexp_mc_se"]
 
 
 def mean_se(values: Tensor) -> dict[str, float]:
@@ -35,6 +35,24 @@ def mean_se(values: Tensor) -> dict[str, float]:
         raise ValueError("mean_se needs at least one value, got an empty tensor.")
     se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else 0.0
     return {"mean": values.mean().item(), "se": se}
+
+
+def dataset_figure(values: Tensor, mc_se: Tensor | None = None, num_dims: int | None = None,
+                   levels: int | None = None) -> dict[str, float]:
+    """Mean ± SE over points, plus the dataset Monte Carlo SE and bits/dim when given what they need.
+
+    The Monte Carlo SE of the mean is ``sqrt(sum_i mc_se_i²) / N`` (independent per-point errors).
+
+    Example:
+        >>> dataset_figure(torch.tensor([-1.0, -3.0]), mc_se=torch.tensor([0.3, 0.4], dtype=torch.float64))
+        {'mean': -2.0, 'se': 1.0, 'mc_se': 0.25}
+    """
+    out = mean_se(values)
+    if mc_se is not None:
+        out["mc_se"] = (mc_se.detach().double().pow(2).sum().sqrt() / values.numel()).item()
+    if num_dims is not None:
+        out["bits_per_dim"] = bits_per_dim(out["mean"], num_dims, levels)
+    return out
 
 
 def bits_per_dim(log_likelihood_nats: float, num_dims: int, levels: int | None = None) -> float:
@@ -142,7 +160,7 @@ class LogLikelihood:
     @property
     def dataset_mc_se(self) -> float:
         """Monte Carlo standard error of the dataset mean (independent per-point errors)."""
-        return (self.mc_se.pow(2).sum().sqrt() / self.num_points).item()
+        return dataset_figure(self.per_point, self.mc_se)["mc_se"]
 
     @property
     def bits_per_dim(self) -> float:
