@@ -43,8 +43,10 @@ from .hmc import ADAPT_MODES, SCHEDULES, LogTerms, anneal, beta_schedule
 from .logjoint import PARTICLE_PLATE, log_joint, trace_log_terms, use_fused
 from .sharding import (evaluation_mode, gather_points, points_of_rank, rank_and_world, release_freed_memory, seeded,
                        shard_to_device)
+from .progress import progress_bar
 from .report import json_safe
 from .stats import LogLikelihood, dataset_figure, logmeanexp, logmeanexp_mc_se
+from .units import Representation, of_model
 
 __all__ = ["AISResult", "Settings", "ais", "run_chains", "INITS"]
 
@@ -203,7 +205,7 @@ def _batch(vae: Any, x: Tensor, exact: dict[str, Tensor] | None, cfg: Settings, 
 
 def run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] | None = None,
                batch_size: int | None = None, fabric: Any = None, seed: int | None = None, method: str = "auto",
-               progress: bool = False) -> tuple[dict[str, Tensor], str, int]:
+               progress: bool | None = False) -> tuple[dict[str, Tensor], str, int]:
     """Shard, batch and run the chains; the per-point figures gathered in the original order.
 
     The driver of :func:`ais` and :func:`pyro_vae.bdmc.bdmc`. Returns ``(per_point,
@@ -215,21 +217,16 @@ def run_chains(vae: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor] |
     shard, device = shard_to_device(vae, x, fabric)
     exact_shard = None if exact is None else {k: points_of_rank(v, fabric).to(device) for k, v in exact.items()}
     batch_size = batch_size or 100
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        passes = 1 if exact is None else 2
-        bar = tqdm(total=passes * cfg.steps * math.ceil(len(shard) / batch_size), desc="AIS", unit="step")
+    passes = 1 if exact is None else 2
+    total_steps = passes * cfg.steps * math.ceil(len(shard) / batch_size)
     parts = []
-    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae):
+    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae), \
+            progress_bar(total_steps, "AIS" if exact is None else "BDMC", "step", progress, rank) as bar:
         for start in range(0, len(shard), batch_size):
             sl = slice(start, start + batch_size)
             ex = None if exact_shard is None else {k: v[sl] for k, v in exact_shard.items()}
-            parts.append(_batch(vae, shard[sl], ex, cfg, fused, bar.update if bar is not None else None))
+            parts.append(_batch(vae, shard[sl], ex, cfg, fused, bar.update))
             release_freed_memory()
-    if bar is not None:
-        bar.close()
     per_point = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if world > 1:
         per_point = {k: gather_points(fabric, v, total) for k, v in per_point.items()}
@@ -255,6 +252,7 @@ class AISResult:
         grad_evals: Log-joint gradient evaluations (one decoder forward and backward for
             one chain of one point), pilots included: ``N (chains + pilots) (1 + (T - 1) leapfrog)``.
         world_size: Number of processes that shared the work.
+        representation: What data ``log_px`` scores (see :mod:`pyro_vae.units`).
     """
 
     log_px: Tensor
@@ -269,6 +267,7 @@ class AISResult:
     seconds: float = 0.0
     grad_evals: int = 0
     world_size: int = 1
+    representation: Representation = field(default_factory=lambda: Representation("unknown"))
     extra: dict = field(default_factory=dict)
 
     @property
@@ -279,13 +278,14 @@ class AISResult:
     def log_likelihood(self) -> LogLikelihood:
         """The estimates as the :class:`~pyro_vae.stats.LogLikelihood` every estimator returns."""
         return LogLikelihood("ais", self.log_px, self.num_dims, self.levels, mc_se=self.mc_se,
-                             extra={"ais": self.settings.to_dict()})
+                             extra={"ais": self.settings.to_dict()}, representation=self.representation)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe summary figures."""
         figure = dataset_figure(self.log_px, self.mc_se, self.num_dims, self.levels)
         return json_safe({
             "estimator": "ais", "num_points": self.num_points, "num_dims": self.num_dims, "levels": self.levels,
+            "representation": str(self.representation), "units": "nats per point",
             "method": self.method, "world_size": self.world_size, "seconds": self.seconds, "grad_evals": self.grad_evals,
             "settings": self.settings.to_dict(), "log_likelihood": figure,
             "accept_rate": {"mean": self.accept_rate.mean().item(), "min": self.accept_rate.min().item()},
@@ -314,7 +314,7 @@ class AISResult:
 def ais(vae: Any, x: Tensor, *, steps: int = 100, chains: int = 16, leapfrog: int = 10, schedule: str = "sigmoid",
         init: str = "guide", step_size: float = 0.05, target_accept: float = 0.65, adapt: str = "pilot",
         pilots: int | None = None, batch_size: int | None = None, levels: int | None = None, fabric: Any = None,
-        seed: int | None = None, method: str = "auto", progress: bool = False) -> AISResult:
+        seed: int | None = None, method: str = "auto", progress: bool | None = False) -> AISResult:
     """Estimate ``log p(x_i)`` of every point by AIS with HMC transitions.
 
     Args:
@@ -339,7 +339,7 @@ def ais(vae: Any, x: Tensor, *, steps: int = 100, chains: int = 16, leapfrog: in
             results are gathered back into the original order on every rank.
         seed: Seed (rank ``r`` uses ``seed + r``); the global RNG is restored afterwards.
         method: ``"fused"``, ``"trace"`` or ``"auto"`` (fused for a stock VAE).
-        progress: Show a progress bar (rank 0).
+        progress: A progress bar with ETA (rank 0): ``True``, ``False`` or ``None`` (only on a terminal).
 
     Returns:
         An :class:`AISResult`.
@@ -360,4 +360,5 @@ def ais(vae: Any, x: Tensor, *, steps: int = 100, chains: int = 16, leapfrog: in
                                         progress=progress)
     return AISResult(per_point["log_px"], per_point["mc_se"], per_point["accept_rate"], per_point["step_size"],
                      per_point["log_weights"], cfg, getattr(vae, "num_dims", math.prod(x.shape[1:])), levels, used,
-                     time.perf_counter() - tic, int(per_point["grad_evals"].sum().item()), world)
+                     time.perf_counter() - tic, int(per_point["grad_evals"].sum().item()), world,
+                     representation=of_model(vae, levels))

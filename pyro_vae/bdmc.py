@@ -176,7 +176,7 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
          schedule: str = "sigmoid", init: str = "guide", step_size: float = 0.05, target_accept: float = 0.65,
          adapt: str = "pilot", pilots: int | None = None, is_samples: int | None = None,
          data: tuple[Tensor, dict[str, Tensor]] | None = None, batch_size: int | None = None, fabric: Any = None,
-         seed: int | None = None, method: str = "auto", progress: bool = False) -> BDMCResult:
+         seed: int | None = None, method: str = "auto", progress: bool | None = False) -> BDMCResult:
     """Bound ``log p(x)`` from both sides on data simulated from the model.
 
     Args:
@@ -200,7 +200,7 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
         seed: Seeds the simulation (``seed``), the chains (``seed + 1 + rank``) and the
             importance sampler.
         method: ``"fused"``, ``"trace"`` or ``"auto"``.
-        progress: Show a progress bar (rank 0).
+        progress: A progress bar with ETA (rank 0): ``True``, ``False`` or ``None`` (only on a terminal).
 
     Returns:
         A :class:`BDMCResult`.

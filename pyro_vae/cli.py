@@ -5,8 +5,10 @@ Commands::
     pyro-vae train [--config FILE] [--dataset NAME] [--prior NAME] [--likelihood NAME]
                    [--latent-dim N] [--epochs N] [--batch-size N] [--seed N] [--out DIR]
                    [--resume RUN_DIR] [--devices N] ...
-    pyro-vae evaluate RUN_DIR [--split test] [--samples K] [--k-list 1,10,100,1000]
-    pyro-vae compare RUN_DIR [--baselines ppca,fa,gmm,mob] [--components K]
+    pyro-vae evaluate RUN_DIR [--split test] [--samples K] [--k-list 1,10,100,1000] [--method is|ais]
+                   [--points N] [--batch-size N] [--seed N] [--which best|last] [--out DIR] [--no-progress]
+    pyro-vae compare RUN_DIR [--baselines ppca,fa,gmm,mob] [--components K] [--points N] [--batch-size N]
+                   [--seed N] [--which best|last] [--out DIR] [--no-progress]
     pyro-vae sample RUN_DIR [--num N] [--out FILE]
     pyro-vae list
 
@@ -104,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output folder (default: the run directory)")
     e.add_argument("--devices", type=int, default=1, help="processes (devices) that share the points, by DDP")
     e.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bars (they show only on a terminal)")
 
     c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
     c.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
@@ -112,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="components of every baseline (default: the latent size for PPCA/FA, 10 for mixtures)")
     c.add_argument("--samples", type=int, default=1000, help="importance samples K for the VAE")
     c.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
+    c.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to score")
+    c.add_argument("--points", type=int, default=None, help="score only the first N points of the split (default: all)")
+    c.add_argument("--batch-size", type=int, default=None, help="points per batch of the VAE's importance sampling (default: 100)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the importance draws and the baselines' initialization")
+    c.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
+    c.add_argument("--out", help="output folder (default: the run directory)")
+    c.add_argument("--no-progress", action="store_true", help="hide the progress bars (they show only on a terminal)")
 
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
     s.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
@@ -227,7 +237,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     evaluate_run(args.run_dir, split=args.split, num_samples=args.samples, k_list=k_list, method=args.method,
                  steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, bdmc_points=args.bdmc,
                  data_root=args.data_root, num_points=args.points, batch_size=args.batch_size, seed=args.seed,
-                 which=args.which, out=args.out, fabric=fabric, verbose=fabric is None or fabric.is_global_zero)
+                 which=args.which, out=args.out, fabric=fabric, verbose=fabric is None or fabric.is_global_zero,
+                 progress=False if args.no_progress else None)
     return 0
 
 
@@ -235,7 +246,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_run
 
     compare_run(args.run_dir, baselines=[b for b in args.baselines.split(",") if b], components=args.components,
-                num_samples=args.samples, data_root=args.data_root)
+                split=args.split, num_samples=args.samples, seed=args.seed, data_root=args.data_root, which=args.which,
+                num_points=args.points, batch_size=args.batch_size, out=args.out,
+                progress=False if args.no_progress else None)
     return 0
 
 

@@ -18,7 +18,9 @@ import torch
 from torch import Tensor
 
 from . import _em_kernels as kernels
+from .progress import progress_bar
 from .stats import LogLikelihood
+from .units import Representation
 
 __all__ = ["EMBaseline", "as_data", "assert_finite", "LOG_2PI"]
 
@@ -79,6 +81,7 @@ class EMBaseline:
     """
 
     name = "baseline"
+    data_kind = "continuous"  # a density on real values; "binary" for Bernoulli mixtures (see pyro_vae.units)
     _param_names: tuple[str, ...] = ()
     _em_threads: int | None = None  # thread cap for the EM loop (after _prepare)
 
@@ -110,6 +113,7 @@ class EMBaseline:
     def fit(
         self: _Model, x: Any, *, max_iter: int | None = None, tol: float | None = None,
         n_restarts: int | None = None, seed: int | None = None, init: EMBaseline | dict[str, Any] | None = None,
+        progress: bool | None = False,
     ) -> _Model:
         """Fit by EM. Arguments left as ``None`` fall back to the constructor's values.
 
@@ -118,6 +122,8 @@ class EMBaseline:
             init: Start EM from these parameters instead of the model's initialization: a
                 fitted baseline of the same kind (to refine it, e.g. on more data) or a dict
                 with every name in ``_param_names``. One run is made (restarts would repeat it).
+            progress: A bar over EM iterations (all restarts; it ends early on convergence):
+                ``True``, ``False`` or ``None`` (only on a terminal).
 
         Returns:
             ``self``, with fitted parameters and ``history``.
@@ -136,7 +142,8 @@ class EMBaseline:
             n_restarts = 1
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
         best, self.restart_log_likelihoods = None, []
-        with kernels.torch_threads(self._em_threads if x.device.type == "cpu" else None):
+        with kernels.torch_threads(self._em_threads if x.device.type == "cpu" else None), \
+                progress_bar(n_restarts * max_iter, f"EM {self.name}", "iteration", progress) as bar:
             for restart in range(n_restarts):
                 p = self._init(data, g, restart) if start_params is None else start_params
                 ll, advance = self._step(data, p)
@@ -145,6 +152,8 @@ class EMBaseline:
                     p = advance()
                     ll, advance = self._step(data, p)
                     history.append(ll)
+                    bar.update()
+                    bar.set_postfix_str(f"log-lik {ll:.3f}")
                     if abs(history[-1] - history[-2]) < tol:
                         converged = True
                         break
@@ -204,4 +213,6 @@ class EMBaseline:
             "n_components": self.n_components, "n_restarts": len(self.restart_log_likelihoods),
             "train_log_likelihood": self.history[-1] if self.history else float("nan"),
         }
-        return LogLikelihood(self.name, self.log_prob(x), num_dims=self.num_dims, levels=levels, extra=extra)
+        kind = "dequantized" if levels and self.data_kind == "continuous" else self.data_kind
+        return LogLikelihood(self.name, self.log_prob(x), num_dims=self.num_dims, levels=levels, extra=extra,
+                             representation=Representation(kind, levels if kind == "dequantized" else None))

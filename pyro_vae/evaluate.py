@@ -72,6 +72,8 @@ def evaluate_run(
     bdmc_points: int = 0,
     data_root: str | None = None,
     num_points: int | None = None,
+    progress: bool | None = None,
+    keep_log_weights: bool = False,
 ) -> Evaluation:
     """Evaluate a trained run on one split; write ``report.json`` and the plots.
 
@@ -106,6 +108,9 @@ def evaluate_run(
         leapfrog: Leapfrog steps per HMC transition.
         bdmc_points: Points to simulate for BDMC (0: no BDMC).
         data_root: Where the data lives now, if it moved since training.
+        num_points: Score only the first ``num_points`` points of the split (default: all).
+        progress: Progress bars with ETA: ``True``, ``False`` or ``None`` (only on a terminal).
+        keep_log_weights: Keep the ``(N, K)`` importance log-weights for ``to_inference_data()``.
 
     Example:
         >>> result = evaluate_run("runs/default", method="ais", bdmc_points=50)  # doctest: +SKIP
@@ -129,11 +134,12 @@ def evaluate_run(
     vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
     x = transform(dataset.split(split)[0][:num_points], train=False)
     levels = transform.density_levels
-    ev = evaluate(vae, x, num_samples, k_list, batch_size=batch_size, levels=levels, fabric=fabric, seed=seed)
+    ev = evaluate(vae, x, num_samples, k_list, batch_size=batch_size, levels=levels, fabric=fabric, seed=seed,
+                  progress=progress, keep_log_weights=keep_log_weights)
     provenance = {"run_dir": str(run_dir), "split": split, "dataset": dataset.name, "data": transform.describe(),
                   "checkpoint": which, "likelihood": vae.likelihood.name, "prior": cfg.model.prior}
     ev.extra.update(provenance)
-    sampler = {"chains": chains, "leapfrog": leapfrog, "fabric": fabric, "seed": seed}
+    sampler = {"chains": chains, "leapfrog": leapfrog, "fabric": fabric, "seed": seed, "progress": progress}
     if method == "ais":
         ev.sections["ais"] = ais(vae, x, steps=steps, levels=levels, batch_size=batch_size, **sampler)
     curve: list[dict[str, Any]] = []

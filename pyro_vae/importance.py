@@ -53,10 +53,13 @@ from torch import Tensor
 
 from .logjoint import WeightTerms, draw_log_weights, subsample_factor, use_fused, weight_terms
 from .objectives import IWAE
+from .inference_data import psislw
 from .priors import marginal_log_prob_per_dim
+from .progress import progress_bar
 from .report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
 from .sharding import evaluation_mode, gather_points, rank_and_world, release_freed_memory, seeded, shard_to_device
 from .stats import logmeanexp, logmeanexp_mc_se
+from .units import of_model, warn_if_quantized
 
 # WeightTerms, weight_terms, subsample_factor and IWAE are re-exported from their new homes.
 __all__ = ["evaluate", "log_weights", "DEFAULT_K_LIST", "WeightTerms", "weight_terms", "IWAE", "subsample_factor"]
@@ -75,12 +78,7 @@ CONSTANT_SPREAD = 1e-5  # log-weights within this relative spread are equal to f
 
 
 def _psis_khat(lw: Tensor) -> Tensor:
-    with warnings.catch_warnings():
-        # arviz may warn about large k̂ (we report k̂ ourselves) and about its own refactor.
-        warnings.simplefilter("ignore")
-        import arviz as az
-
-        _, khat = az.psislw(lw.detach().cpu().double().numpy(), reff=1.0)
+    _, khat = psislw(lw.detach().cpu().double().numpy())
     khat = torch.as_tensor(khat, dtype=torch.float64).reshape(lw.shape[0])
     # Weights equal to float32 precision (an exact posterior) have no tail: a Pareto fit
     # to rounding noise means nothing, and the estimate is exact, so k̂ = -inf. Otherwise
@@ -92,7 +90,7 @@ def _psis_khat(lw: Tensor) -> Tensor:
 
 
 def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
-                 fused: bool) -> dict[str, Tensor]:
+                 fused: bool, keep_log_weights: bool = False) -> dict[str, Tensor]:
     """Per-point figures of one batch; holds only this batch's ``(K, B)`` weights."""
     b = x.shape[0]
     has_q = hasattr(vae, "encode") and hasattr(vae, "prior")
@@ -128,6 +126,8 @@ def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequ
     out["ess"] = 1.0 / sumsq
     out["mc_se"] = (sumsq - 1.0 / num_samples).clamp(min=0.0).sqrt()
     out["khat"] = _psis_khat(rows).to(rows.device)
+    if keep_log_weights:
+        out["log_weight"] = rows.float()
     for k in k_list:
         groups = num_samples // k
         per_group = logmeanexp(rows[:, : groups * k].reshape(b, groups, k), dim=-1)  # (B, groups)
@@ -171,6 +171,8 @@ def evaluate(
     seed: int | None = None,
     *,
     method: str = "auto",
+    keep_log_weights: bool = False,
+    progress: bool | None = False,
 ) -> Evaluation:
     """Importance-sample ``log p(x_i)``, the IWAE bounds and diagnostics for every point.
 
@@ -195,6 +197,9 @@ def evaluate(
             exactly those of the traced guide), ``"trace"`` reads them off Pyro traces
             (:func:`pyro_vae.importance.weight_terms`, any model/guide), ``"auto"``
             fuses when ``vae`` is a :class:`~pyro_vae.vae.VAE` with its own model/guide.
+        keep_log_weights: Keep the ``(N, K)`` log-weights in ``Evaluation.log_weights``
+            (``4 N K`` bytes), for ``to_inference_data()`` and ``az.psislw``.
+        progress: A progress bar over points: ``True``, ``False`` or ``None`` (only on a terminal).
 
     Returns:
         An :class:`Evaluation`.
@@ -226,12 +231,19 @@ def evaluate(
     width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
     chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
 
+    representation = of_model(vae, levels)
+    if rank == 0:
+        warn_if_quantized(shard, representation)
+
     tic = time.perf_counter()
     parts: list[dict[str, Tensor]] = []
-    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae):
+    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae), \
+            progress_bar(len(shard), f"IS K={num_samples}", "point", progress, rank) as bar:
         for start in range(0, len(shard), batch_size):
-            parts.append(_score_batch(vae, shard[start : start + batch_size], num_samples, chunk, k_list, fused))
+            batch = shard[start : start + batch_size]
+            parts.append(_score_batch(vae, batch, num_samples, chunk, k_list, fused, keep_log_weights))
             release_freed_memory()
+            bar.update(len(batch))
     keys = parts[0].keys() if parts else ()
     per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
     if world > 1:
@@ -254,8 +266,10 @@ def evaluate(
         khat=per_point["khat"], ess=per_point["ess"], unit_variance=unit_variance, kl_per_dim=kl_dims,
         num_samples=num_samples, num_dims=num_dims, levels=levels,
         kl_analytic=bool(per_point["kl_analytic"].all()), method="fused" if fused else "trace",
-        seconds=time.perf_counter() - tic, world_size=world,
+        seconds=time.perf_counter() - tic, world_size=world, representation=representation,
+        log_weights=per_point.get("log_weight"),
     )
+
 
 
 def _is_int(value: Any) -> bool:

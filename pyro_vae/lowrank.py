@@ -125,7 +125,7 @@ class PPCA(_LowRankGaussian):
     def fit(
         self, x: Any, *, method: str = "closed_form", max_iter: int | None = None, tol: float | None = None,
         n_restarts: int | None = None, seed: int | None = None, float32: bool | None = None,
-        init: EMBaseline | dict[str, Any] | None = None,
+        init: EMBaseline | dict[str, Any] | None = None, progress: bool | None = False,
     ) -> PPCA:
         """Fit by the closed-form MLE (eigendecomposition of S) or by EM from a random start.
 
@@ -138,9 +138,11 @@ class PPCA(_LowRankGaussian):
                 any point). ``history`` then comes from the float32 spectrum and trace (on
                 MNIST-10k within 1e-4 nats/point of the exact train log-likelihood). ``None``
                 uses float32 when ``N * D^2 >= 1e9`` (MNIST-sized data), where it pays.
+            progress: A bar over EM iterations (``method="em"``; the closed form is one step).
         """
         if method == "em":
-            return super().fit(x, max_iter=max_iter, tol=tol, n_restarts=n_restarts, seed=seed, init=init)
+            return super().fit(x, max_iter=max_iter, tol=tol, n_restarts=n_restarts, seed=seed, init=init,
+                               progress=progress)
         if method != "closed_form":
             raise ValueError(f"ppca: unknown method {method!r}; use 'closed_form' or 'em'.")
         start = time.perf_counter()

@@ -212,6 +212,7 @@ class MixtureOfBernoullis(_Mixture):
     """
 
     name = "mob"
+    data_kind = "binary"
     _param_names = ("weights", "probs")
 
     def __init__(self, n_components: int, *, min_prob: float = 1e-6, **kwargs: Any) -> None:

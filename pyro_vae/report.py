@@ -24,6 +24,8 @@ import torch
 from torch import Tensor
 
 from .stats import LogLikelihood, dataset_figure
+from .inference_data import to_inference_data
+from .units import Representation
 
 __all__ = ["Evaluation", "Section", "PosteriorCollapseWarning", "json_safe", "write_report", "KHAT_THRESHOLD",
            "ACTIVE_THRESHOLD", "COLLAPSE_KL"]
@@ -94,6 +96,10 @@ class Evaluation:
         method: ``"fused"`` (direct VAE computation) or ``"trace"`` (Pyro traces).
         seconds: Wall time of the evaluation.
         world_size: Number of processes that shared the work.
+        representation: What data ``log_px`` scores (binary, levels, dequantized,
+            continuous): comparisons with other results check it.
+        log_weights: The importance log-weights ``(N, K)`` (float32) when kept
+            (``evaluate(..., keep_log_weights=True)``), else ``None``.
         extra: Provenance and free-form figures carried into ``report.json``.
         sections: Other estimators' results on the same points, by name (``"ais"``,
             ``"bdmc"``): each has ``to_dict()`` and ``summary()``.
@@ -118,6 +124,8 @@ class Evaluation:
     method: str = "fused"
     seconds: float = 0.0
     world_size: int = 1
+    representation: Representation = field(default_factory=lambda: Representation("unknown"))
+    log_weights: Tensor | None = None
     extra: dict = field(default_factory=dict)
     sections: dict = field(default_factory=dict)
 
@@ -129,7 +137,7 @@ class Evaluation:
     def log_likelihood(self) -> LogLikelihood:
         """The IS estimates as the :class:`~pyro_vae.stats.LogLikelihood` EM baselines also return."""
         return LogLikelihood("vae", self.log_px, self.num_dims, self.levels, mc_se=self.mc_se,
-                             extra={"samples": self.num_samples})
+                             extra={"samples": self.num_samples}, representation=self.representation)
 
     @property
     def active_units(self) -> int | None:
@@ -157,6 +165,8 @@ class Evaluation:
             "samples": self.num_samples,
             "num_dims": self.num_dims,
             "levels": self.levels,
+            "representation": str(self.representation),
+            "units": "nats per point",
             "method": self.method,
             "world_size": self.world_size,
             "seconds": self.seconds,
@@ -183,23 +193,13 @@ class Evaluation:
         return json_safe(report)
 
     def to_inference_data(self):
-        """An :class:`arviz.InferenceData` with per-point ``log_likelihood`` and ``sample_stats``.
+        """The results as arviz data; see :func:`pyro_vae.inference_data.to_inference_data` for the groups.
 
-        The log-likelihood group holds the IS estimates as variable ``x`` with dims
-        ``(chain, draw, point)`` of shape ``(1, 1, N)``; ``sample_stats`` holds ``khat``,
-        ``ess``, ``mc_se`` and the ELBO per point.
+        ``sample_stats.log_weight`` (``(chain, draw, point)``) holds the importance
+        log-weights when they were kept (``keep_log_weights=True``), ready for
+        ``az.psislw``; ``pointwise`` the per-point estimates and diagnostics.
         """
-        import arviz as az
-
-        as_np = lambda t: t.detach().double().cpu().numpy()[None, None]  # noqa: E731 - (1, 1, N)
-        stats = {"khat": self.khat, "ess": self.ess, "mc_se": self.mc_se, "elbo": self.elbo}
-        return az.from_dict(
-            log_likelihood={"x": as_np(self.log_px)},
-            sample_stats={k: as_np(v) for k, v in stats.items()},
-            dims={name: ["point"] for name in ("x", *stats)},
-            coords={"point": list(range(self.num_points))},
-            attrs={"samples": self.num_samples, "method": self.method},
-        )
+        return to_inference_data(self)
 
     def summary(self) -> str:
         """A one-screen text summary."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .units import Representation, check_comparable
+
 __all__ = ["LogLikelihood", "mean_se", "dataset_figure", "bits_per_dim", "logmeanexp", "logmeanexp_mc_se"]
 
 
@@ -118,11 +120,17 @@ class LogLikelihood:
         mc_se: Per-datapoint Monte Carlo standard error of the estimate (zeros for
             exact log-likelihoods), shape ``(N,)``.
         extra: Free-form figures to carry into the report (e.g. fit time).
+        representation: What data the figures score (:class:`~pyro_vae.units.Representation`);
+            default: ``dequantized`` when ``levels`` is given, else ``unknown``, which
+            refuses every comparison: name it to compare.
 
     Example:
-        >>> ll = LogLikelihood("exact", torch.tensor([-1.0, -3.0]), num_dims=2)
+        >>> ll = LogLikelihood("exact", torch.tensor([-1.0, -3.0]), num_dims=2, representation=Representation("continuous"))
         >>> ll.to_dict()["log_likelihood"]["mean"]
         -2.0
+        >>> other = LogLikelihood("other", torch.tensor([-2.0, -3.5]), num_dims=2, representation=Representation("continuous"))
+        >>> ll.paired_difference(other)["mean"]
+        0.75
     """
 
     name: str
@@ -131,8 +139,11 @@ class LogLikelihood:
     levels: int | None = None
     mc_se: Tensor | None = None
     extra: dict = field(default_factory=dict)
+    representation: Representation | None = None
 
     def __post_init__(self) -> None:
+        if self.representation is None:
+            self.representation = Representation("dequantized", self.levels) if self.levels else Representation("unknown")
         self.per_point = self.per_point.detach().double().flatten().cpu()
         if self.mc_se is None:
             self.mc_se = torch.zeros_like(self.per_point)
@@ -166,9 +177,27 @@ class LogLikelihood:
     def bits_per_dim(self) -> float:
         return bits_per_dim(self.mean, self.num_dims, self.levels)
 
+    def paired_difference(self, other: "LogLikelihood") -> dict[str, float]:
+        """``self - other`` per point: mean, paired SE and ``z = mean / se``.
+
+        Pairing removes the spread of the points' difficulty, which dominates the unpaired
+        SE; the two must score the same points in the same representation.
+
+        Raises:
+            IncompatibleUnitsError: Different representations, sizes or numbers of points.
+        """
+        check_comparable(self, other, paired=True)
+        d = mean_se(self.per_point - other.per_point)
+        if d["se"] > 0:
+            z = d["mean"] / d["se"]
+        else:  # identical differences on every point: the sign is certain, zero means "no difference"
+            z = math.copysign(math.inf, d["mean"]) if d["mean"] else math.nan
+        return {**d, "z": z}
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
+            "representation": str(self.representation),
             "num_points": self.num_points,
             "log_likelihood": {
                 "mean": self.mean,

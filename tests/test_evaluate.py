@@ -346,9 +346,9 @@ def test_evaluate_run_writes_report_and_plots(trained_run, capsys):
         assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     idata = ev.to_inference_data()
     assert isinstance(idata, az.InferenceData)
-    assert {"log_likelihood", "sample_stats"} <= set(idata.groups())
-    assert idata.log_likelihood["x"].shape == (1, 1, ev.num_points)
-    assert {"khat", "ess"} <= set(idata.sample_stats.data_vars)
+    assert {"pointwise", "latent"} <= set(idata.groups())  # the log-weights only when kept (test_inference_data)
+    assert idata.pointwise["log_px"].shape == (ev.num_points,)
+    assert {"khat", "ess", "mc_se", "elbo", "iwae_100"} <= set(idata.pointwise.data_vars)
     summary = ev.summary()
     assert summary.count("\n") < 25 and "PSIS" in summary
 
