@@ -245,11 +245,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, steps_
     return None
 
 
-def make_fabric(train: TrainConfig):
-    """A Lightning ``Fabric`` for ``train``'s devices (DDP when more than one process)."""
+def make_fabric(train: TrainConfig, run_dir: str | Path | None = None):
+    """A Lightning ``Fabric`` for ``train``'s devices (DDP when more than one process).
+
+    ``train.precision`` goes to Fabric, which runs the model's forward pass (the whole
+    Pyro model and guide) under its autocast. With ``train.logger: tensorboard`` and a
+    ``run_dir``, Fabric's TensorBoard logger writes event files to ``run_dir/tensorboard``.
+    """
     from lightning_fabric import Fabric  # heavy (imports Lightning's utilities); only training needs it
 
     strategy = train.strategy
     if strategy == "auto" and train.devices * train.num_nodes > 1:
         strategy = "ddp"
-    return Fabric(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes, strategy=strategy)
+    loggers = []
+    if train.logger == "tensorboard" and run_dir is not None:
+        from lightning_fabric.loggers import TensorBoardLogger
+
+        # version="" keeps one folder per run, so a resumed run appends to the same curves.
+        loggers.append(TensorBoardLogger(root_dir=str(run_dir), name="tensorboard", version=""))
+    return Fabric(accelerator=train.accelerator, devices=train.devices, num_nodes=train.num_nodes, strategy=strategy,
+                  precision=train.precision, loggers=loggers or None)

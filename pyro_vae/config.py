@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import types
 import typing
@@ -46,6 +47,10 @@ LEVEL_LIKELIHOODS = ("categorical", "poisson")
 AUTO = "auto"  # model.likelihood: chosen from the data's representation when the data is known
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "dp", "fsdp", "deepspeed", "single_device")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
+# Precisions the Pyro programs run correctly under (Fabric's names). "-true" half precisions
+# are left out: Pyro's distributions would mix bf16 parameters with float32 data.
+PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
+LOGGERS = ("csv", "tensorboard")
 
 
 @dataclass
@@ -139,6 +144,11 @@ class TrainConfig:
         grad_clip: Max gradient norm, or ``None``.
         patience: Early stopping: epochs without validation-ELBO improvement; ``None`` = off.
         devices/accelerator/strategy/num_nodes: Passed to Lightning Fabric.
+        precision: Fabric precision: ``32-true``, ``64-true``, ``bf16-mixed`` (autocast; CPU
+            and recent GPUs) or ``16-mixed`` (fp16 autocast; CUDA only).
+        logger: ``csv`` (``metrics.csv``/``metrics.json`` only) or ``tensorboard`` (also
+            TensorBoard event files in ``RUN/tensorboard`` through Fabric's logger; needs
+            the ``tensorboard`` extra).
         metrics_max_points: Cap on training points re-scored for the per-epoch train split.
     """
 
@@ -160,6 +170,8 @@ class TrainConfig:
     accelerator: str = "cpu"
     strategy: str = "auto"
     num_nodes: int = 1
+    precision: str = "32-true"
+    logger: str = "csv"
     metrics_max_points: int = 2000
 
 
@@ -291,6 +303,16 @@ def _validate(cfg: Config) -> None:
     _choices("train.lr_schedule", cfg.train.lr_schedule, LR_SCHEDULES)
     _choices("train.accelerator", cfg.train.accelerator, ("cpu", "gpu", "cuda", "mps", "tpu", "auto"))
     _choices("train.strategy", cfg.train.strategy, STRATEGIES)
+    _choices("train.precision", cfg.train.precision, PRECISIONS)
+    if cfg.train.precision == "16-mixed" and cfg.train.accelerator in ("cpu", "mps", "tpu"):
+        # Fabric would silently switch to bf16-mixed; say so instead.
+        raise ConfigError(f"train.precision: 16-mixed (fp16 autocast) needs a CUDA GPU, not accelerator "
+                          f"{cfg.train.accelerator!r}; use bf16-mixed on the CPU, or accelerator: cuda.")
+    _choices("train.logger", cfg.train.logger, LOGGERS)
+    if cfg.train.logger == "tensorboard" and not any(
+            importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ConfigError("train.logger: tensorboard needs the tensorboard package, which is not installed; "
+                          "pip install 'pyro_vae[tensorboard]', or set train.logger: csv.")
     _check_parts(cfg.model)
     if cfg.data.binarize != "none" and cfg.model.likelihood in LEVEL_LIKELIHOODS:
         raise ConfigError(f"data.binarize: {cfg.data.binarize} makes binary data, which likelihood "

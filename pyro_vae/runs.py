@@ -137,7 +137,8 @@ def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Se
 
 def save_run_pictures(result: Any) -> None:
     """:func:`save_training_pictures` for a :class:`~pyro_vae.train.FitResult` (its first 32 test points)."""
-    x = result.transform(result.dataset.test[:32].to(next(result.vae.parameters()).device), train=False)
+    param = next(result.vae.parameters())
+    x = result.transform(result.dataset.test[:32].to(param.device), train=False).to(param.dtype)
     save_training_pictures(result.run_dir, result.vae, x, result.history)
 
 

@@ -165,7 +165,10 @@ def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: t
     leaves the parameters as they were.
     """
     try:
-        loss = module(x, objective)
+        # Under the module's autocast but past Fabric's input conversion, which would round
+        # the data itself to bf16 under bf16-mixed: only the network's arithmetic is lowered.
+        with fabric.autocast():
+            loss = module._forward_module(x, objective).float()
     except ValueError as exc:  # torch's distribution validation, on NaN network outputs
         if guard is None or not str(exc).startswith("Expected parameter"):
             raise
@@ -243,7 +246,7 @@ def fit(
         run_dir = Path(cfg.out) if run_dir == "from-config" else (Path(run_dir) if run_dir else None)
     tc = cfg.train
 
-    fabric = make_fabric(tc)
+    fabric = make_fabric(tc, run_dir)
     fabric.launch()
     with ExitStack() as stack:
         if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
@@ -321,10 +324,12 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     if run_dir is not None and fabric.is_global_zero:
         runs.prepare_run_dir(run_dir, cfg)
 
+    # Under 64-true Fabric has made the parameters float64; the (float32) transformed data follows them.
+    dtype = next(vae.parameters()).dtype
     train_x = dataset.train.to(fabric.device)
     # Evaluation draws are fixed, so the metric sets are transformed once, not every epoch.
-    metric_x = transform(train_x[: tc.metrics_max_points], train=False)
-    val_x = transform(dataset.val.to(fabric.device), train=False) if len(dataset.val) else dataset.val
+    metric_x = transform(train_x[: tc.metrics_max_points], train=False).to(dtype)
+    val_x = transform(dataset.val.to(fabric.device), train=False).to(dtype) if len(dataset.val) else dataset.val
     warmup_steps = tc.warmup_epochs * steps_per_epoch
     seen = 0
     bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
@@ -337,7 +342,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                                              rank=fabric.global_rank, world_size=fabric.world_size):
                 vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
                 guard.epoch, guard.step = epoch + 1, global_step + 1
-                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True), tc.grad_clip,
+                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True).to(dtype), tc.grad_clip,
                                   guard, vae.num_data)
                 if scheduler is not None:
                     scheduler.step()
@@ -355,6 +360,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
                    "seconds": time.perf_counter() - tic}
             history.append(row)
+            if fabric.loggers:  # TensorBoard etc.; metrics.csv is written below regardless
+                fabric.log_dict({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
             # Where validation is the test split, "best" would be chosen on the test set: keep only the last.
             improved = selects_on_val and val_m["elbo"] > best
             best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
@@ -373,6 +380,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             if stop:
                 break
 
+    for logger in fabric.loggers:  # flush the event files before the run is read back
+        logger.finalize("success")
     ddp = None
     if fabric.world_size > 1:
         flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
