@@ -47,8 +47,8 @@ LEVEL_LIKELIHOODS = ("categorical", "poisson")
 AUTO = "auto"  # model.likelihood: chosen from the data's representation when the data is known
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "dp", "fsdp", "deepspeed", "single_device")
 LR_SCHEDULES = ("none", "cosine", "step", "burda")
-# Precisions the Pyro programs run correctly under (Fabric's names). "-true" half precisions
-# are left out: Pyro's distributions would mix bf16 parameters with float32 data.
+# Fabric's precision names that the trainer supports. The 16-bit "-true" ones are left out:
+# they store the weights in 16 bits, while the trainer keeps the data float32 (see train_step).
 PRECISIONS = ("32-true", "64-true", "bf16-mixed", "16-mixed")
 LOGGERS = ("csv", "tensorboard")
 

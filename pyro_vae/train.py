@@ -165,8 +165,9 @@ def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: t
     leaves the parameters as they were.
     """
     try:
-        # Under the module's autocast but past Fabric's input conversion, which would round
-        # the data itself to bf16 under bf16-mixed: only the network's arithmetic is lowered.
+        # Fabric's own forward minus its input conversion, which under bf16-mixed would round the
+        # (dequantized) data itself to bf16: only the networks' arithmetic is lowered. The loss
+        # is then cast to float32, as Fabric's output conversion does for every precision.
         with fabric.autocast():
             loss = module._forward_module(x, objective).float()
     except ValueError as exc:  # torch's distribution validation, on NaN network outputs
@@ -360,8 +361,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
                    "seconds": time.perf_counter() - tic}
             history.append(row)
-            if fabric.loggers:  # TensorBoard etc.; metrics.csv is written below regardless
-                fabric.log_dict({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
+            # To Fabric's loggers (TensorBoard), if any; metrics.csv is written below regardless.
+            fabric.log_dict({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
             # Where validation is the test split, "best" would be chosen on the test set: keep only the last.
             improved = selects_on_val and val_m["elbo"] > best
             best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
