@@ -22,7 +22,7 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from pyro_vae import plots
+from pyro_vae import latent_plots, plots
 from pyro_vae.evaluate import evaluate
 from pyro_vae.stats import mean_se
 from pyro_vae.train import fit
@@ -55,7 +55,7 @@ def main() -> None:
                      "active": ev.active_units, "khat": ev.frac_unreliable})
         # Rows of the traversal: the dimensions carrying the most information first.
         dims = kl.argsort(descending=True)[: min(8, args.latent_dim)].tolist() if kl is not None else None
-        for fig in (plots.traversal(vae, x_test[0], dims=dims, span=3.0, steps=9, path=args.out / f"traversal_beta{beta:g}.png"),
+        for fig in (latent_plots.traversal(vae, x_test[0], dims=dims, span=3.0, steps=9, path=args.out / f"traversal_beta{beta:g}.png"),
                     plots.kl_per_dim(ev, path=args.out / f"kl_per_dim_beta{beta:g}.png"),
                     plots.reconstruction_grid(vae, x_test[:16], path=args.out / f"reconstructions_beta{beta:g}.png")):
             plt.close(fig)

@@ -30,7 +30,7 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import plots
+from pyro_vae import latent_plots, plots
 from pyro_vae.data import iterate_minibatches
 from pyro_vae.nets import make_decoder, make_encoder
 from pyro_vae.train import fit
@@ -113,7 +113,7 @@ def main() -> None:
             z_a, z_b = test_codes[name][pairs[0, 0]], test_codes[name][pairs[1, 0]]
             plots.image_grid(plots.to_images(decoders[name]((1 - t) * z_a + t * z_b), vae), 12, ax, f"{name}: linear path")
         fig.savefig(args.out / "interpolation_ae_vs_vae.png", dpi=120, bbox_inches="tight")
-        plt.close(plots.interpolation(vae, x_test[pairs[0, 0]], x_test[pairs[1, 0]], 12, path=args.out / "interpolation_vae.png"))
+        plt.close(latent_plots.interpolation(vae, x_test[pairs[0, 0]], x_test[pairs[1, 0]], 12, path=args.out / "interpolation_vae.png"))
 
         fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))  # the same z ~ N(0, I) through both decoders
         for ax, name in zip(axes, decoders):

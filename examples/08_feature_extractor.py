@@ -23,7 +23,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pyro_vae import plots
+from pyro_vae import latent_plots
 from pyro_vae.train import fit
 from _common import example_parser, load  # shared flags and data
 
@@ -87,7 +87,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out / "linear_probe.png", dpi=120)
     x_test = transform(dataset.test, train=False)
-    plt.close(plots.latent_scatter(vae, x_test, y_test, path=args.out / "latent_scatter.png"))
+    plt.close(latent_plots.latent_scatter(vae, x_test, y_test, path=args.out / "latent_scatter.png"))
     print(f"wrote linear_probe.md, linear_probe.png and latent_scatter.png to {args.out}")
 
 

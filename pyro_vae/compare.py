@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +27,7 @@ import torch
 
 from .baselines import make_baseline
 from .importance import evaluate
+from .plots import comparison_chart, plt
 from .runs import load_run, read_history
 from .stats import LogLikelihood
 from .transforms import DataTransform
@@ -72,23 +72,6 @@ def comparison_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _bar_chart(rows: Sequence[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    names = [f"{r['model']}\n({r['data']})" for r in rows]
-    bpd = [r["log_likelihood"]["bits_per_dim"] for r in rows]
-    # SE in nats -> bits/dim: divide by (num_dims * ln 2).
-    err = [r["log_likelihood"]["se"] / (r["num_dims"] * math.log(2)) for r in rows]
-    ax.bar(names, bpd, yerr=err, capsize=4, color=["tab:red"] + ["tab:blue"] * (len(rows) - 1))
-    ax.set_ylabel("bits / dim (lower is better)")
-    ax.set_title("test log-likelihood, same split")
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "gmm", "mob"), components: int | None = None,
                 split: str = "test", num_samples: int = 1000, seed: int = 0, quiet: bool = False,
                 data_root: str | None = None, which: str = "best", *, num_points: int | None = None,
@@ -125,6 +108,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
     if num_points is not None and num_points < 1:
         raise ValueError(f"num_points must be >= 1 or None (all), got {num_points}.")
     run_dir = Path(run_dir)
+    run_name = (run_dir if run_dir.is_dir() else run_dir.parent).name
     out_dir = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
@@ -173,8 +157,8 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
               "nats (paired, same test points)" for r in rows[1:] if "paired_vae_minus_this" in r]
     paired_text = ("\n\nPaired differences on identical test data:\n" + "\n".join(paired)) if paired else ""
     (out_dir / "compare.md").write_text(
-        f"# {run_dir.name}: VAE vs exact EM baselines ({split} split, N={vae_eval.num_points})\n\n{table}\n\n{note}{paired_text}\n")
-    _bar_chart(rows, out_dir / "compare.png")
+        f"# {run_name}: VAE vs exact EM baselines ({split} split, N={vae_eval.num_points})\n\n{table}\n\n{note}{paired_text}\n")
+    plt.close(comparison_chart(rows, out_dir / "compare.png", run=run_name))
     if not quiet:
         print(table)
         print(note + paired_text)

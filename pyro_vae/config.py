@@ -113,7 +113,8 @@ class ModelConfig:
             path, called with the VAE's arguments and ``**vae_kwargs``.
     """
 
-    latent_dim: int = 8
+    # 4, not more: on the embedded digits the prior's samples then read as digits; larger z leaves holes.
+    latent_dim: int = 4
     prior: str = "normal"
     prior_kwargs: dict = field(default_factory=dict)
     likelihood: str = "auto"
@@ -152,9 +153,11 @@ class TrainConfig:
         metrics_max_points: Cap on training points re-scored for the per-epoch train split.
     """
 
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
+    # The embedded default (digits, 1437 training images) converges in under a minute on 2 cores: the
+    # validation ELBO is flat from about epoch 30, and longer training only overfits the small set.
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 3e-3
     weight_decay: float = 0.0
     objective: str = "elbo"
     num_particles: int = 1

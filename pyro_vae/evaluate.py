@@ -155,14 +155,16 @@ def evaluate_run(
     ev.extra["quote"] = which_to_quote(ev)
     if fabric is None or fabric.is_global_zero:
         write_report(out_dir / "report.json", ev, ev.sections)
-        figures = [plots.bound_vs_k(ev, out_dir / "bound_vs_k.png"), plots.khat_histogram(ev, out_dir / "khat_hist.png"),
-                   plots.kl_per_dim(ev, out_dir / "kl_per_dim.png")]
+        run = (run_dir if run_dir.is_dir() else run_dir.parent).name
+        figures = [plots.bound_vs_k(ev, out_dir / "bound_vs_k.png", run=run),
+                   plots.khat_histogram(ev, out_dir / "khat_hist.png", run=run),
+                   plots.kl_per_dim(ev, out_dir / "kl_per_dim.png", run=run)]
         if curve:
             figures.append(plots.bdmc_sandwich(
                 [r["steps"] for r in curve], [r["lower"]["mean"] for r in curve], [r["upper"]["mean"] for r in curve],
                 [r["lower"]["mc_se"] for r in curve], [r["upper"]["mc_se"] for r in curve],
                 is_value=curve[-1]["is"]["mean"] if curve[-1]["is"] else None,
-                title=f"{run_dir.name}: BDMC on {bdmc_points} simulated points", path=out_dir / "bdmc_sandwich.png"))
+                title=f"BDMC on {bdmc_points} simulated points", path=out_dir / "bdmc_sandwich.png", run=run))
         for fig in figures:
             plt.close(fig)
         if verbose:

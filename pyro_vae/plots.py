@@ -1,18 +1,29 @@
-"""Pictures of models and results (matplotlib; image grids by ``torchvision.utils.make_grid``).
+"""Pictures of runs and results (matplotlib; image grids by ``torchvision.utils.make_grid``).
 
 A leaf of the package: it takes a VAE, tensors, histories and result objects and
-draws; which pictures a run gets is decided by :mod:`pyro_vae.runs` (training) and
-:mod:`pyro_vae.evaluate` (evaluation). Every function returns the
-:class:`matplotlib.figure.Figure` and saves a PNG when given ``path``. Images are shown
-on the data's grey scale (levels mapped to [0, 1]).
+draws; which pictures a run gets is decided by :mod:`pyro_vae.runs` (training),
+:mod:`pyro_vae.evaluate` (evaluation) and :mod:`pyro_vae.compare`. Every function
+returns the :class:`matplotlib.figure.Figure` and saves a PNG when given ``path``;
+``run`` puts the run's name in the title, and every axis says its quantity and unit.
+Image data (``event_shape`` of 2 or 3 dimensions) is shown on the data's grey scale
+(levels mapped to [0, 1]); tabular data (1-dimensional datapoints) is shown per feature.
+
+    >>> import torch
+    >>> from pyro_vae.vae import VAE
+    >>> vae = VAE((8, 8), latent_dim=2, likelihood="gaussian", hidden=[16])
+    >>> fig = sample_grid(vae, n=16, run="demo")
+    >>> fig._suptitle.get_text()
+    'demo: samples of the model, z ~ p(z)'
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # headless: runs write files, never open windows
 import matplotlib.pyplot as plt  # noqa: E402
@@ -20,26 +31,32 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-if TYPE_CHECKING:  # types only: plots is a leaf and imports nothing of pyro_vae at run time
+from .report import ACTIVE_THRESHOLD, COLLAPSE_KL  # noqa: E402  (the thresholds the report counts with)
+
+if TYPE_CHECKING:
     from .report import Evaluation
     from .vae import VAE
 
-__all__ = ["to_images", "image_grid", "sample_grid", "reconstruction_grid", "training_curves"]
+__all__ = ["to_images", "image_grid", "is_tabular", "sample_grid", "reconstruction_grid", "training_curves"]
+
+MAX_FEATURES = 12  # tabular pictures show the first features only: a panel per feature stays readable
+
+
+def is_tabular(vae: "VAE") -> bool:
+    """Whether datapoints are feature vectors (``event_shape`` of one dimension), not images."""
+    return len(vae.event_shape) == 1
 
 
 def to_images(x: Tensor, vae: "VAE") -> Tensor:
-    """Model-space values -> ``(N, C, H, W)`` grey images in [0, 1]."""
+    """Model-space image values -> ``(N, C, H, W)`` grey images in [0, 1]."""
     x = x.detach().float().cpu()
     if vae.likelihood.wants_levels and vae.levels:
         x = x / (vae.levels - 1)
     shape = vae.event_shape
-    if len(shape) == 2:
-        x = x.reshape(-1, 1, *shape)
-    elif len(shape) == 3:
-        x = x.reshape(-1, *shape)
-    else:  # flat vectors: show as square-ish strips
-        side = int(round(shape[0] ** 0.5))
-        x = x.reshape(-1, 1, 1, shape[0]) if side * side != shape[0] else x.reshape(-1, 1, side, side)
+    if len(shape) == 1:  # feature vectors: one strip per point (run pictures draw them per feature instead)
+        x = x.reshape(-1, 1, 1, shape[0])
+    else:
+        x = x.reshape(-1, 1, *shape) if len(shape) == 2 else x.reshape(-1, *shape)
     return x.clamp(0, 1)
 
 
@@ -55,323 +72,287 @@ def image_grid(images: Tensor, nrow: int = 8, ax=None, title: str | None = None)
     return ax.figure
 
 
+def _suptitle(fig, what: str, run: str | None) -> None:
+    fig.suptitle(f"{run}: {what}" if run else what, fontsize=10)
+
+
 def _finish(fig, ax, path: str | Path | None):
-    """The common ending of a single-axes chart: light grid, small legend, tight layout, save."""
+    """The common ending of a single-axes chart: light grid, small legend, save."""
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return _save(fig, path)
 
 
 def _save(fig, path: str | Path | None):
+    fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
     return fig
 
 
+def _feature_axes(num: int):
+    cols = min(num, 4)
+    fig, axes = plt.subplots(math.ceil(num / cols), cols, figsize=(2.6 * cols, 2.1 * math.ceil(num / cols)), squeeze=False)
+    for ax in axes.flat[num:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
 @torch.no_grad()
-def sample_grid(vae: "VAE", n: int = 64, path: str | Path | None = None, seed: int = 0):
+def sample_grid(vae: "VAE", n: int = 64, path: str | Path | None = None, seed: int = 0, run: str | None = None,
+                data: Tensor | None = None):
     """Samples from the model: the mean of p(x|z) beside a draw x ~ p(x|z), same z.
 
-    The familiar smooth VAE samples are the *means*; the model's actual samples are
-    the noisy draws on the right.
+    The familiar smooth VAE samples are the *means*; the model's actual samples are the
+    noisy draws on the right. For tabular data, per-feature histograms of ``max(n, 2000)``
+    draws x ~ p(x|z) instead, over the histogram of ``data`` (model space) when given.
     """
-    gen_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    z = vae.prior().sample((n,))
-    d = vae.decode(z)
-    mean, draw = vae.likelihood.mean(d), d.sample()
-    torch.set_rng_state(gen_state)
-    fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
+    with torch.random.fork_rng():  # fixed draws that leave the caller's RNG alone
+        torch.manual_seed(seed)
+        z = vae.prior().sample((max(n, 2000) if is_tabular(vae) else n,))
+        d = vae.decode(z)
+        mean, draw = vae.likelihood.mean(d), d.sample()
+    if is_tabular(vae):
+        return _feature_histograms(draw.cpu(), data, path, run)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
     nrow = int(n**0.5)
     image_grid(to_images(mean, vae), nrow, axes[0], "mean of p(x|z)")
     image_grid(to_images(draw, vae), nrow, axes[1], "draw x ~ p(x|z)")
+    _suptitle(fig, "samples of the model, z ~ p(z)", run)
+    return _save(fig, path)
+
+
+def _feature_histograms(draws: Tensor, data: Tensor | None, path, run):
+    num = min(draws.shape[-1], MAX_FEATURES)
+    fig, axes = _feature_axes(num)
+    for j, ax in enumerate(axes):
+        if j >= num:
+            break
+        values = [draws[:, j].double().numpy()] + ([] if data is None else [data[:, j].detach().double().cpu().numpy()])
+        low, high = min(v.min() for v in values), max(v.max() for v in values)
+        bins = torch.linspace(low, high + 1e-9, 31).numpy()
+        ax.hist(values[0], bins=bins, density=True, alpha=0.6, color="C1", label="model x ~ p(x)")
+        if data is not None:
+            ax.hist(values[1], bins=bins, density=True, histtype="step", linewidth=1.5, color="C0", label="data")
+        ax.set_title(f"feature {j}", fontsize=8)
+        ax.set_xlabel("value (model space)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("density", fontsize=7)
+    axes[0].legend(fontsize=6)
+    shown = f"first {num} of {draws.shape[-1]} features" if draws.shape[-1] > num else f"{num} features"
+    _suptitle(fig, f"samples of the model against the data ({shown})", run)
     return _save(fig, path)
 
 
 @torch.no_grad()
-def reconstruction_grid(vae: "VAE", x: Tensor, path: str | Path | None = None):
-    """Originals (odd rows) above their reconstructions (even rows): mean of p(x | E_q[z])."""
+def reconstruction_grid(vae: "VAE", x: Tensor, path: str | Path | None = None, run: str | None = None):
+    """Datapoints above their reconstructions, the mean of p(x | z = E_q[z|x]); rows are labelled.
+
+    For tabular data: each feature's reconstruction against its data value, on the
+    diagonal where reconstruction is perfect.
+    """
     recon = vae.reconstruct(x)
+    if is_tabular(vae):
+        return _feature_scatter(x, recon, path, run)
     originals, recons = to_images(x, vae), to_images(recon, vae)
     per_row = 8
     rows = []
     for start in range(0, len(originals), per_row):
         rows += [originals[start : start + per_row], recons[start : start + per_row]]
-    fig, ax = plt.subplots(figsize=(4.5, 4.5 * len(rows) / per_row + 0.3))
-    image_grid(torch.cat(rows), per_row, ax, "originals / reconstructions")
+    fig, ax = plt.subplots(figsize=(5.2, 4.5 * len(rows) / per_row + 0.5))
+    image_grid(torch.cat(rows), per_row, ax)
+    # Label every row: switch the axis back on for its ticks only.
+    h = originals.shape[-2]
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([1 + (h + 1) * r + h / 2 for r in range(len(rows))],
+                  ["data" if r % 2 == 0 else "recon." for r in range(len(rows))], fontsize=7)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title("data (odd rows) and mean of p(x | z = E_q[z|x]) (even rows)", fontsize=8)
+    _suptitle(fig, "reconstructions of test points", run)
     return _save(fig, path)
 
 
-def training_curves(history: Sequence[dict], path: str | Path | None = None):
+def _feature_scatter(x: Tensor, recon: Tensor, path, run):
+    num = min(x.shape[-1], MAX_FEATURES)
+    fig, axes = _feature_axes(num)
+    for j, ax in enumerate(axes):
+        if j >= num:
+            break
+        a, b = x[:, j].detach().double().cpu().numpy(), recon[:, j].detach().double().cpu().numpy()
+        ax.scatter(a, b, s=6, alpha=0.6)
+        low, high = min(a.min(), b.min()), max(a.max(), b.max())
+        ax.plot([low, high], [low, high], color="C7", linewidth=1, linestyle="--")
+        ax.set_title(f"feature {j}", fontsize=8)
+        ax.set_xlabel("data value", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("mean of p(x | E_q[z|x])", fontsize=7)
+    _suptitle(fig, f"reconstructions of {len(x)} test points (dashed: perfect)", run)
+    return _save(fig, path)
+
+
+CURVE_TITLES = {"elbo": "ELBO", "reconstruction": "reconstruction E_q[log p(x|z)]", "kl": "KL(q(z|x) || p(z))"}
+
+
+def training_curves(history: Sequence[dict], path: str | Path | None = None, run: str | None = None):
     """Train and validation ELBO, reconstruction and KL per epoch (nats per datapoint)."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for ax, key in zip(axes, ("elbo", "reconstruction", "kl")):
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key in zip(axes, CURVE_TITLES):
         for split in ("train", "val"):
-            ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker=".", label=split)
+            ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker="." if len(epochs) < 60 else None,
+                    label=split)
         ax.set_xlabel("epoch")
-        ax.set_title(f"{key} (nats / point)")
+        ax.set_ylabel("nats / point")
+        ax.set_title(CURVE_TITLES[key], fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.tight_layout()
+    _suptitle(fig, "training curves", run)
     return _save(fig, path)
 
 
 # --------------------------------------------------------------------------- evaluation
 
-__all__ += ["bound_vs_k", "khat_histogram", "kl_per_dim", "bdmc_sandwich"]
+__all__ += ["bound_vs_k", "khat_histogram", "kl_per_dim", "bdmc_sandwich", "comparison_chart"]
 
 
-def bound_vs_k(evaluation: "Evaluation", path: str | Path | None = None):
+def bound_vs_k(evaluation: "Evaluation", path: str | Path | None = None, run: str | None = None):
     """The IWAE bounds ``L_k`` (mean ± SE over points) against ``k``, with the IS estimate.
 
     ``k = 1`` is the ELBO; the bounds should rise with ``k`` towards ``log p(x)``.
     """
     ks = sorted(evaluation.iwae)
     rows = evaluation.to_dict()["iwae"]
-    means = [row["mean"] for row in rows]
-    ses = [row["se"] for row in rows]
     ll = evaluation.to_dict()["log_likelihood"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.errorbar(ks, means, yerr=ses, marker="o", capsize=3, label="$L_k$ (mean ± SE)")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.errorbar(ks, [r["mean"] for r in rows], yerr=[r["se"] for r in rows], marker="o", capsize=3,
+                label="$L_k$ (mean ± SE)")
     ax.axhline(ll["mean"], color="C1", linestyle="--", label=f"IS log p(x), K={evaluation.num_samples}")
     ax.axhspan(ll["mean"] - ll["se"], ll["mean"] + ll["se"], color="C1", alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("k (importance samples per bound)")
-    ax.set_ylabel("nats / point")
-    ax.set_title(f"IWAE bound vs k (N={evaluation.num_points})", fontsize=10)
+    ax.set_ylabel("mean bound (nats / point)")
+    _suptitle(fig, f"IWAE bound against k, N={evaluation.num_points} points", run)
     return _finish(fig, ax, path)
 
 
-def khat_histogram(evaluation: "Evaluation", path: str | Path | None = None, threshold: float = 0.7):
+def khat_histogram(evaluation: "Evaluation", path: str | Path | None = None, threshold: float = 0.7,
+                   run: str | None = None):
     """Histogram of per-point PSIS k̂; points right of ``threshold`` have unreliable estimates."""
     khat = evaluation.khat.double()
     finite = khat[torch.isfinite(khat)].numpy()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if finite.size:
         ax.hist(finite, bins=40, color="C0", alpha=0.8)
     ax.axvline(0.5, color="C2", linestyle=":", label="0.5")
     ax.axvline(threshold, color="C3", linestyle="--", label=f"{threshold} (unreliable above)")
-    ax.set_xlabel("Pareto $\\hat k$")
+    ax.set_xlabel("Pareto $\\hat k$ of a point's importance weights (no unit)")
     ax.set_ylabel("points")
     frac = (khat > threshold).double().mean().item()
-    ax.set_title(f"PSIS $\\hat k$: {100 * frac:.1f}% of points > {threshold} (K={evaluation.num_samples})", fontsize=10)
+    _suptitle(fig, f"PSIS $\\hat k$, K={evaluation.num_samples}: {100 * frac:.1f}% of points > {threshold}", run)
     return _finish(fig, ax, path)
 
 
-def kl_per_dim(evaluation: "Evaluation", path: str | Path | None = None, collapse: float = 0.01):
-    """Mean KL per latent dimension (bars) and ``Var_x E_q[z_u]`` (dots, active-unit test)."""
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * (evaluation.unit_variance.numel() if evaluation.unit_variance is not None else 8) + 2), 3.5))
-    if evaluation.kl_per_dim is not None:
-        kl = evaluation.kl_per_dim.double().numpy()
-        colors = ["C0" if v >= collapse else "C7" for v in kl]
-        ax.bar(range(len(kl)), kl, color=colors, label="KL (nats)")
-        ax.axhline(collapse, color="C3", linestyle="--", linewidth=1, label=f"collapse < {collapse}")
-    if evaluation.unit_variance is not None:
-        var = evaluation.unit_variance.double().numpy()
-        ax.plot(range(len(var)), var, "o", color="C1", markersize=4, label="Var$_x$ E$_q$[$z_u$]")
-        ax.set_title(f"latent units: {evaluation.active_units}/{len(var)} active", fontsize=10)
-    ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_xlabel("latent dimension")
-    return _finish(fig, ax, path)
+def kl_per_dim(evaluation: "Evaluation", path: str | Path | None = None, run: str | None = None):
+    """Two panels per latent dimension: the mean KL (nats) and ``Var_x E_q[z_u]`` (active-unit test).
+
+    Each panel counts by its own threshold (KL > :data:`~pyro_vae.report.COLLAPSE_KL`
+    nats; variance > :data:`~pyro_vae.report.ACTIVE_THRESHOLD`, Burda et al.), so the two
+    counts may differ, and each title says which count it is.
+    """
+    panels = [(name, values.double().numpy()) for name, values in
+              (("kl", evaluation.kl_per_dim), ("variance", evaluation.unit_variance)) if values is not None]
+    dims = len(panels[0][1]) if panels else 0
+    fig, axes = plt.subplots(max(len(panels), 1), 1, figsize=(max(5.0, 0.2 * dims + 2.5), 2.6 * max(len(panels), 1) + 0.4),
+                             squeeze=False, sharex=True)
+    for ax, (name, values) in zip(axes.flat, panels):
+        threshold = COLLAPSE_KL if name == "kl" else ACTIVE_THRESHOLD
+        above = values > threshold
+        ax.bar(range(dims), values.clip(min=1e-6), color=["C0" if a else "C7" for a in above])
+        ax.axhline(threshold, color="C3", linestyle="--", linewidth=1)  # the threshold its title counts by
+        ax.set_yscale("log")
+        if name == "kl":
+            ax.set_ylabel("nats")
+            ax.set_title(f"mean KL(q(z_u|x) || p(z_u)): {int(above.sum())}/{dims} dimensions above {threshold} nats",
+                         fontsize=9)
+        else:
+            ax.set_ylabel("Var$_x$ E$_q$[$z_u$]\n(squared latent units)", fontsize=8)
+            ax.set_title(f"Var$_x$ E$_q$[$z_u$]: {int(above.sum())}/{dims} active units (above {threshold})", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes.flat[-1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.flat[-1].set_xlabel("latent dimension u")
+    if not panels:
+        axes.flat[0].text(0.5, 0.5, "no per-dimension KL or variance for this prior", ha="center", va="center")
+    _suptitle(fig, f"latent dimensions, N={evaluation.num_points} points (dashed: threshold; grey: below it)", run)
+    return _save(fig, path)
 
 
 def bdmc_sandwich(steps: Sequence[int], lower: Sequence[float], upper: Sequence[float],
                   lower_mc_se: Sequence[float] | None = None, upper_mc_se: Sequence[float] | None = None,
-                  is_value: float | None = None, title: str = "BDMC sandwich", path: str | Path | None = None):
+                  is_value: float | None = None, title: str = "BDMC sandwich", path: str | Path | None = None,
+                  run: str | None = None):
     """BDMC's stochastic lower (forward AIS) and upper (reverse AIS) bounds against ``T``, mean nats per point.
 
     The true mean ``log p(x)`` of the simulated points lies between the two curves; the
     band closes as ``T`` grows. Error bars are Monte Carlo SEs of the means.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(5.5, 3.9))
     ax.errorbar(steps, upper, yerr=upper_mc_se, marker="v", capsize=3, color="C3", label="upper bound (reverse AIS)")
     ax.errorbar(steps, lower, yerr=lower_mc_se, marker="^", capsize=3, color="C0", label="lower bound (forward AIS)")
     ax.fill_between(steps, lower, upper, color="C7", alpha=0.15, label="true log p(x) lies here")
     if is_value is not None:
         ax.axhline(is_value, color="C1", linestyle="--", label="importance sampling, same cost")
-    gap = upper[-1] - lower[-1]
     ax.set_xscale("log")
     ax.set_xlabel("T (intermediate distributions)")
     ax.set_ylabel("mean log p(x) (nats / point)")
-    ax.set_title(f"{title}\ngap at T={steps[-1]}: {gap:.3f} nats", fontsize=9)
+    _suptitle(fig, f"{title}\ngap at T={steps[-1]}: {upper[-1] - lower[-1]:.3f} nats", run)
     return _finish(fig, ax, path)
 
 
-# --------------------------------------------------------------------------- latent space
+def _scale(row: dict) -> str:
+    """The axis a comparison row belongs on: masses of ``L`` levels and their dequantized densities share one."""
+    representation = row.get("representation") or row["data"]
+    for kind in ("levels", "dequantized"):
+        if representation.startswith(kind):
+            return "levels or dequantized" + representation[len(kind):]
+    return representation
 
-__all__ += ["interpolate_latents", "interpolation", "traversal", "latent_scatter"]
 
+def comparison_chart(rows: Sequence[dict], path: str | Path | None = None, run: str | None = None):
+    """Bits/dim ± SE of the VAE (first row, red) and the baselines: one panel per comparable data representation.
 
-def _as_batch(x: Tensor, vae: "VAE") -> Tensor:
-    """One datapoint (``event_shape``) or a batch of them -> a batch."""
-    return x.unsqueeze(0) if tuple(x.shape) == vae.event_shape else x
-
-
-def interpolate_latents(z_a: Tensor, z_b: Tensor, steps: int = 10, method: str = "linear") -> Tensor:
-    """``steps`` points on a path from ``z_a`` to ``z_b`` (both ``(d,)``), endpoints included.
-
-    ``"linear"`` is the straight line. ``"slerp"`` moves the *direction* along the great
-    circle and interpolates the *norm* linearly, so every point's norm lies between the
-    endpoints' norms. Why: a high-dimensional standard normal puts almost all its mass
-    near the sphere of radius ``sqrt(d)``; the straight line between two typical codes
-    cuts through the low-norm interior, which the decoder rarely saw in training.
-
-    Args:
-        z_a: Start, shape ``(d,)``.
-        z_b: End, shape ``(d,)``.
-        steps: Number of points (>= 2).
-        method: ``"linear"`` or ``"slerp"``.
-
-    Returns:
-        A tensor of shape ``(steps, d)``.
+    Rows are dicts with ``model``, ``representation`` (or ``data``), ``log_likelihood``
+    (``mean``, ``se``, ``bits_per_dim``) and ``num_dims``, as
+    :func:`pyro_vae.compare.compare_run` writes. Models of different data (binary
+    masses, dequantized densities, continuous densities) are not comparable, so they
+    never share an axis; a mass of ``L`` levels and a density dequantized from the same
+    ``L`` levels are (Theis et al., 2016) and share one. Within a panel, points with
+    error bars rather than bars from zero show differences of a small fraction of a bit.
     """
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2, got {steps}.")
-    t = torch.linspace(0, 1, steps, dtype=z_a.dtype, device=z_a.device)[:, None]
-    if method == "linear":
-        return (1 - t) * z_a + t * z_b
-    if method != "slerp":
-        raise ValueError(f"method must be 'linear' or 'slerp', got {method!r}.")
-    norm_a, norm_b = z_a.norm(), z_b.norm()
-    u_a, u_b = z_a / norm_a.clamp_min(1e-12), z_b / norm_b.clamp_min(1e-12)
-    omega = torch.arccos((u_a * u_b).sum().clamp(-1.0, 1.0))
-    if omega.abs() < 1e-6:  # (anti)parallel codes: the great circle is undefined, the line is fine
-        direction = (1 - t) * u_a + t * u_b
-        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    else:
-        direction = (torch.sin((1 - t) * omega) * u_a + torch.sin(t * omega) * u_b) / torch.sin(omega)
-    return ((1 - t) * norm_a + t * norm_b) * direction
-
-
-@torch.no_grad()
-def interpolation(vae: "VAE", x_a: Tensor, x_b: Tensor, steps: int = 10, path: str | Path | None = None):
-    """Decoded means along latent paths between the posterior means of ``x_a`` and ``x_b``.
-
-    Top row: the straight line; bottom row: the spherical path of
-    :func:`interpolate_latents`. The first and last tiles of each row are the
-    reconstructions of ``x_a`` and ``x_b`` (the mean of p(x | E_q[z])).
-
-    Args:
-        vae: A trained VAE.
-        x_a: One datapoint in model space (``event_shape``, or a batch of one).
-        x_b: Another datapoint.
-        steps: Points per path, endpoints included.
-        path: Where to save the PNG.
-    """
-    device = next(vae.parameters()).device
-    z_a = vae.encode(_as_batch(x_a, vae)[:1].to(device)).mean[0]
-    z_b = vae.encode(_as_batch(x_b, vae)[:1].to(device)).mean[0]
-    fig, axes = plt.subplots(2, 1, figsize=(0.7 * steps + 0.5, 2.4))
-    for ax, method, title in zip(axes, ("linear", "slerp"), ("linear", "spherical (slerp)")):
-        z = interpolate_latents(z_a, z_b, steps, method)
-        images = to_images(vae.likelihood.mean(vae.decode(z)), vae)
-        image_grid(images, steps, ax, title)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _prior_std(vae: "VAE", num_samples: int = 4096) -> Tensor:
-    """Per-dimension prior standard deviation: exact where torch knows it, else from draws."""
-    prior = vae.prior()
-    try:
-        return prior.variance.sqrt()
-    except NotImplementedError:  # flows: no closed-form moments
-        with torch.random.fork_rng():  # a fixed estimate that leaves the caller's RNG alone
-            torch.manual_seed(0)
-            return prior.sample((num_samples,)).std(0)
-
-
-@torch.no_grad()
-def traversal(vae: "VAE", x: Tensor | None = None, dims: Sequence[int] | None = None, span: float = 3.0,
-              steps: int = 9, path: str | Path | None = None):
-    """Vary one latent dimension at a time, the others fixed; one row per dimension.
-
-    Dimension ``u`` runs over ``base_u + s * std_u`` for ``s`` in ``[-span, span]``, where
-    ``base`` is the posterior mean of ``x`` (or the zero vector) and ``std_u`` the prior's
-    standard deviation in that dimension, so ``span`` means the same for every prior.
-    With an odd ``steps`` the middle column decodes ``base`` itself in every row.
-
-    Args:
-        vae: A trained VAE.
-        x: One datapoint in model space, or ``None`` to traverse around ``z = 0``.
-        dims: Latent dimensions to show (rows); default the first ``min(latent_dim, 16)``.
-        span: Half-width of the sweep, in prior standard deviations.
-        steps: Values per dimension (columns).
-        path: Where to save the PNG.
-    """
-    device = next(vae.parameters()).device
-    base = vae.encode(_as_batch(x, vae)[:1].to(device)).mean[0] if x is not None else torch.zeros(vae.latent_dim, device=device)
-    dims = list(range(min(vae.latent_dim, 16))) if dims is None else [int(d) for d in dims]
-    if not dims or any(not 0 <= d < vae.latent_dim for d in dims):
-        raise ValueError(f"dims must be a non-empty list of indices in [0, {vae.latent_dim}), got {dims}.")
-    offsets = torch.linspace(-span, span, steps, device=device)
-    std = _prior_std(vae).to(device)
-    z = base.repeat(len(dims), steps, 1)  # (rows, steps, d)
-    for row, d in enumerate(dims):
-        z[row, :, d] = base[d] + offsets * std[d]
-    images = to_images(vae.likelihood.mean(vae.decode(z.reshape(-1, vae.latent_dim))), vae)
-    fig, ax = plt.subplots(figsize=(0.5 * steps + 1.0, 0.5 * len(dims) + 0.6))
-    image_grid(images, steps, ax, f"traversal around {'E_q[z|x]' if x is not None else 'z = 0'} (prior std units)")
-    # Label rows by dimension and columns by offset: switch the axis back on, keep only ticks.
-    h, w = images.shape[-2:]
-    ax.set_axis_on()
-    ax.set_yticks([1 + (h + 1) * r + h / 2 for r in range(len(dims))], [f"z{d}" for d in dims], fontsize=7)
-    ax.set_xticks([1 + (w + 1) * c + w / 2 for c in range(steps)], [f"{o:+.1f}" for o in offsets.tolist()], fontsize=7)
-    ax.tick_params(length=0)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-@torch.no_grad()
-def latent_scatter(vae: "VAE", x: Tensor, labels: Tensor | Sequence[int], path: str | Path | None = None,
-                   batch_size: int = 1000):
-    """Posterior means ``E_q[z|x]`` in 2-D, coloured by label.
-
-    ``latent_dim == 2`` is drawn as is; larger latents are projected on their first two
-    principal components (``sklearn.decomposition.PCA``, explained variance in the axis
-    labels); a 1-D latent is drawn against the label.
-
-    Args:
-        vae: A trained VAE.
-        x: Datapoints in model space, ``(N, *event_shape)``.
-        labels: ``N`` integer labels.
-        path: Where to save the PNG.
-        batch_size: Points encoded per pass (bounds memory on large ``x``).
-    """
-    device = next(vae.parameters()).device
-    means = torch.cat([vae.encode(x[i : i + batch_size].to(device)).mean.cpu() for i in range(0, len(x), batch_size)])
-    labels = torch.as_tensor(labels).cpu()
-    if len(labels) != len(means):
-        raise ValueError(f"labels has {len(labels)} entries but x has {len(means)} points.")
-    points, axis_names = means.double().numpy(), ("$z_0$", "$z_1$")
-    if means.shape[1] == 1:
-        points = torch.stack([means[:, 0].double(), labels.double()], 1).numpy()
-        axis_names = ("$z_0$", "label")
-    elif means.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=2).fit(points)
-        points = pca.transform(points)
-        axis_names = tuple(f"PC{i + 1} ({100 * v:.0f}% of variance)" for i, v in enumerate(pca.explained_variance_ratio_))
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    classes = labels.unique().tolist()
-    if len(classes) <= 20:  # a legend for a handful of classes, a colour bar beyond
-        cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-        for i, c in enumerate(classes):
-            keep = (labels == c).numpy()
-            ax.scatter(points[keep, 0], points[keep, 1], s=6, alpha=0.7, color=cmap(i), label=str(c))
-        ax.legend(fontsize=7, markerscale=2, loc="best", ncols=2 if len(classes) > 10 else 1)
-    else:
-        sc = ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7, c=labels.numpy(), cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="label")
-    ax.set_xlabel(axis_names[0])
-    ax.set_ylabel(axis_names[1])
-    ax.set_title(f"posterior means E_q[z|x], N={len(means)}, latent_dim={means.shape[1]}", fontsize=9)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(_scale(row), []).append((i, row))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, sum(0.45 * len(g) + 1.2 for g in groups.values())),
+                             squeeze=False, gridspec_kw={"height_ratios": [len(g) + 1 for g in groups.values()]})
+    for ax, (scale, group) in zip(axes.flat, groups.items()):
+        names = [f"{row['model']}\n[{row.get('representation') or row['data']}]" for _, row in group]
+        # SE in nats -> bits/dim: divide by (num_dims * ln 2), as bits_per_dim itself is.
+        bpd = [row["log_likelihood"]["bits_per_dim"] for _, row in group]
+        ses = [row["log_likelihood"]["se"] / (row["num_dims"] * math.log(2)) for _, row in group]
+        colors = ["C3" if i == 0 else "C0" for i, _ in group]
+        y = list(range(len(group)))[::-1]  # first row on top
+        for yi, b, e, c in zip(y, bpd, ses, colors):
+            ax.errorbar(b, yi, xerr=e, fmt="none", ecolor=c, capsize=4)
+            ax.annotate(f"{b:.3f} ± {e:.3f}", (b, yi), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.scatter(bpd, y, color=colors, zorder=3)
+        ax.set_yticks(y, names, fontsize=7)
+        ax.set_ylim(-0.7, len(group) - 0.3)
+        ax.margins(x=0.12)  # room for the value labels at both ends
+        ax.set_xlabel(f"test bits / dim ({group[0][1]['num_dims']} dims); lower is better", fontsize=8)
+        ax.set_title(f"data: {scale}", fontsize=9)
+        ax.grid(alpha=0.3, axis="x")
+    _suptitle(fig, "VAE (red) against exact EM baselines, mean ± SE over the same test points", run)
     return _save(fig, path)

