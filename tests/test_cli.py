@@ -48,3 +48,24 @@ def test_errors_are_one_clear_line(tmp_path):
     assert proc.returncode == 2 and "needs binary data" in proc.stderr and "--binarize" in proc.stderr
     proc = run("sample", "missing_run", cwd=tmp_path)
     assert proc.returncode == 2 and "No checkpoint" in proc.stderr
+
+
+def test_train_help_quotes_the_config_defaults():
+    """Each `(config default: X)` in `pyro-vae train --help` is the dataclass default of the key the flag sets."""
+    import dataclasses
+    import re
+
+    from pyro_vae import cli, config
+
+    sections = {f.name: f.default_factory() for f in dataclasses.fields(config.Config) if f.name in ("data", "model", "train")}
+    train = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    quoted = {}
+    for action in train._actions:
+        match = re.search(r"\(config default: ([^)]*)\)", action.help or "")
+        if match and action.dest in cli.TRAIN_FLAGS:
+            quoted[action.dest] = match.group(1)
+    assert {"epochs", "batch_size", "lr", "latent_dim", "dataset", "prior"} <= set(quoted)
+    for dest, text in quoted.items():
+        section, key = cli.TRAIN_FLAGS[dest]
+        default = getattr(sections[section], key)
+        assert text == str(default), f"--{dest.replace('_', '-')} says {text!r}, the config default is {default!r}"
