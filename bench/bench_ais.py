@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -50,6 +49,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import torch
 from bench_evaluate import matmul_peak
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 RUN_DIR = Path("~/.cache/pyro_vae/bench_mnist/elbo").expanduser()
 DECODER_LAYERS = ((50, 200), (200, 200), (200, 784))
@@ -375,9 +375,7 @@ def report(store, args, model, test_key, tune_key, sim_keys, is_ks, steps_list, 
     n, ch = args.points, args.chunk
     out: dict = {
         "model": model, "checkpoint": Path(model).name,
-        "environment": {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                        "threads": args.threads, "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                        "machine": platform.machine(), "load_avg_at_report": load()},
+        "environment": environment(args.threads),
         "flops": {"decoder_macs": MACS, "grad_eval_nominal": FLOPS_GRAD, "grad_eval_executed": FLOPS_GRAD_EXECUTED,
                   "is_sample": FLOPS_FORWARD,
                   "formula": "nominal 3*2*sum(in*out) per gradient evaluation; executed 2*2*sum(in*out); IS 2*sum(in*out)"},

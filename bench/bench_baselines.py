@@ -56,6 +56,7 @@ sys.path.insert(0, str(REPO))
 
 from pyro_vae.baselines import make_baseline  # noqa: E402
 from pyro_vae.stats import LogLikelihood  # noqa: E402
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 N_TRAIN, N_TEST = 8000, 2000
 
@@ -270,7 +271,7 @@ def main() -> None:
     load = f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)"
     table = "\n".join(lines + [load])
     print(table)
-    setup = {"data": str(args.data), "n_train": N_TRAIN, "n_test": N_TEST, "repeats": args.repeats,
+    setup = {"environment": environment(args.threads, load_before), "data": str(args.data), "n_train": N_TRAIN, "n_test": N_TEST, "repeats": args.repeats,
              "threads": args.threads, "cpus": os.cpu_count(), "torch": torch.__version__, "sklearn": sklearn.__version__,
              "max_iter_full": args.max_iter_full, "seeds": args.seeds, "busy_core": args.busy_core,
              "dequantization": "(v + u) / 256, u ~ U[0, 1), numpy seed 0", "binarization": "v / 255 > 0.5"}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 
 from pyro_vae.data import load_dataset
 from pyro_vae.train import fit
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 
 class ExampleEncoder(nn.Module):
@@ -131,8 +131,7 @@ def main() -> None:
     print(f"| pyro_vae fit (training steps + per-epoch train/val metrics) | {med['pyro_vae_epoch_s']:.3f} | {ratio:.3f} |")
     print(f"pyro_vae fit's one-off set-up (Fabric, model, data checks, fixed evaluation draws): {med['pyro_vae_setup_s']:.2f} s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"meta": {"machine": platform.platform(), "torch": torch.__version__,
-                                                   "pyro": pyro.__version__, "threads": args.threads},
+    Path(args.out).write_text(json.dumps({"meta": {"environment": environment(args.threads)},
                                           "epochs": args.epochs, "rows": rows, "ratio": ratio}, indent=2))
 
 

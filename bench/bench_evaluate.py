@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 DECODER_FLOPS_PER_ROW = 2 * (50 * 200 + 200 * 200 + 200 * 784)
 K_LIST = (1, 10, 100, 1000, 5000)
@@ -159,7 +160,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     drop = lambda r: None if r is None else {k: v for k, v in r.items() if k not in ("summary", "profile")}  # noqa: E731
     out.write_text(json.dumps({"epochs": args.epochs, "train_seconds": train_seconds, "threads": args.threads,
-                               "torch": torch.__version__, "machine": platform.machine(),
+                               "environment": environment(args.threads),
                                "test_2000": drop(test), "all_10000": drop(full), "goals": goals}, indent=2))
     print(f"wrote {out}")
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 
 from pyro_vae.evaluate import evaluate  # noqa: E402
 from pyro_vae.train import fit, load_run  # noqa: E402
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 MODELS = {"elbo": ("elbo", 1), "meanfield": ("meanfield", 1), "iwae5": ("iwae", 5), "iwae50": ("iwae", 50)}
 PAPER_NLL = {  # Burda et al. (2016), Table 1, 1 stochastic layer, test NLL in nats (k=5000)
@@ -66,11 +66,6 @@ def config(model: str, data_root: str, epochs: int, seed: int, run_dir: Path) ->
                   "objective": objective, "num_particles": particles, "seed": seed},
         "out": str(run_dir),
     }
-
-
-def environment(threads: int) -> dict:
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": threads,
-            "python": platform.python_version(), "machine": platform.machine(), "load_avg_1min": os.getloadavg()[0]}
 
 
 def trained_epochs(run_dir: Path) -> int:

@@ -41,7 +41,8 @@ import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from bench_mnist import config as pyro_vae_config  # noqa: E402
-from bench_mnist import environment, find_data  # noqa: E402
+from _environment import environment  # noqa: E402
+from bench_mnist import find_data  # noqa: E402
 from handwritten_vae import HandwrittenVAE  # noqa: E402
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 from torch import nn  # noqa: E402

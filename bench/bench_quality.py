@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ from pyro_vae.evaluate import evaluate  # noqa: E402
 from pyro_vae.stats import mean_se  # noqa: E402
 from pyro_vae.train import build_transform, build_vae, fit  # noqa: E402
 from pyro_vae.config import from_dict  # noqa: E402
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 HIDDEN, LATENT, ACTIVATION, BATCH, LR = [200, 200], 50, "tanh", 100, 1e-3
 K_LIST = (1, 5, 10, 100, 1000, 5000)
@@ -163,8 +163,7 @@ def main() -> None:
           f"{goals['pyro_vae_matches_handwritten_within_se']}; IWAE beats both (paired, > 2 SE): {goals['iwae_beats_both_paired_2se']}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": {"machine": platform.platform(), "torch": torch.__version__, "pyro": pyro.__version__,
-                                        "threads": args.threads, "epochs": args.epochs, "samples": args.samples,
+    out.write_text(json.dumps({"meta": {"environment": environment(args.threads), "epochs": args.epochs, "samples": args.samples,
                                         "particles": args.particles, "seed": args.seed},
                                "rows": rows, "paired": comparisons, "goals": goals}, indent=2))
     print(f"wrote {out}")

@@ -25,6 +25,7 @@ from handwritten_vae import HandwrittenVAE  # noqa: E402
 from pyro_vae.train import build_objective, build_optimizer, train_step  # noqa: E402
 from pyro_vae.config import TrainConfig  # noqa: E402
 from pyro_vae.vae import VAE  # noqa: E402
+from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 SETTINGS = {
     "pytorch-examples 784-400-20 relu, batch 128": dict(hidden=[400], latent=20, activation="relu", batch=128),
@@ -97,8 +98,8 @@ def main() -> None:
                          "pyro_ms": statistics.median(ours), "handwritten_ms": statistics.median(theirs)}
         print(f"| {name} | {statistics.median(ours):.2f} | {statistics.median(theirs):.2f} | "
               f"{statistics.median(ratios):.3f} | {min(ratios):.3f}–{max(ratios):.3f} |")
-    meta = {"machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-            "pyro": pyro.__version__, "threads": args.threads, "steps": args.steps, "repeats": args.repeats}
+    meta = {"environment": environment(args.threads), "processor": platform.processor(), "steps": args.steps,
+            "repeats": args.repeats}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
