@@ -28,7 +28,7 @@ import torch
 from .baselines import make_baseline
 from .importance import evaluate
 from .plots import comparison_chart, plt
-from .runs import load_run, read_history
+from .runs import load_run, read_history, run_home
 from .stats import LogLikelihood
 from .transforms import DataTransform
 
@@ -108,8 +108,8 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
     if num_points is not None and num_points < 1:
         raise ValueError(f"num_points must be >= 1 or None (all), got {num_points}.")
     run_dir = Path(run_dir)
-    run_name = (run_dir if run_dir.is_dir() else run_dir.parent).name
-    out_dir = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
+    run_name = run_home(run_dir).name
+    out_dir = Path(out) if out is not None else run_home(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
     x_raw_train, x_raw_test = dataset.train, dataset.split(split)[0][:num_points]

@@ -22,7 +22,7 @@ from .ais import AISResult, ais
 from .bdmc import BDMCResult, bdmc, simulate
 from .importance import DEFAULT_K_LIST, evaluate
 from .report import KHAT_THRESHOLD, Evaluation, PosteriorCollapseWarning, write_report
-from .runs import load_run
+from .runs import load_run, run_home
 
 __all__ = ["Evaluation", "evaluate", "evaluate_run", "which_to_quote", "PosteriorCollapseWarning", "DEFAULT_K_LIST", "KHAT_THRESHOLD"]
 
@@ -122,7 +122,7 @@ def evaluate_run(
     if num_points is not None and num_points < 1:
         raise ValueError(f"num_points must be >= 1 or None (all), got {num_points}.")
     run_dir = Path(run_dir)
-    out_dir = Path(out) if out is not None else (run_dir if run_dir.is_dir() else run_dir.parent)
+    out_dir = Path(out) if out is not None else run_home(run_dir)
     if fabric is None or fabric.is_global_zero:  # an unwritable folder is found before the computation, not after
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ def evaluate_run(
     ev.extra["quote"] = which_to_quote(ev)
     if fabric is None or fabric.is_global_zero:
         write_report(out_dir / "report.json", ev, ev.sections)
-        run = (run_dir if run_dir.is_dir() else run_dir.parent).name
+        run = run_home(run_dir).name
         figures = [plots.bound_vs_k(ev, out_dir / "bound_vs_k.png", run=run),
                    plots.khat_histogram(ev, out_dir / "khat_hist.png", run=run),
                    plots.kl_per_dim(ev, out_dir / "kl_per_dim.png", run=run)]

@@ -110,11 +110,11 @@ def sample_grid(vae: "VAE", n: int = 64, path: str | Path | None = None, seed: i
     """
     with torch.random.fork_rng():  # fixed draws that leave the caller's RNG alone
         torch.manual_seed(seed)
-        z = vae.prior().sample((max(n, 2000) if is_tabular(vae) else n,))
-        d = vae.decode(z)
-        mean, draw = vae.likelihood.mean(d), d.sample()
+        d = vae.decode(vae.prior().sample((max(n, 2000) if is_tabular(vae) else n,)))
+        draw = d.sample()
     if is_tabular(vae):
         return _feature_histograms(draw.cpu(), data, path, run)
+    mean = vae.likelihood.mean(d)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
     nrow = int(n**0.5)
     image_grid(to_images(mean, vae), nrow, axes[0], "mean of p(x|z)")
@@ -126,15 +126,12 @@ def sample_grid(vae: "VAE", n: int = 64, path: str | Path | None = None, seed: i
 def _feature_histograms(draws: Tensor, data: Tensor | None, path, run):
     num = min(draws.shape[-1], MAX_FEATURES)
     fig, axes = _feature_axes(num)
-    for j, ax in enumerate(axes):
-        if j >= num:
-            break
+    for j, ax in zip(range(num), axes):
         values = [draws[:, j].double().numpy()] + ([] if data is None else [data[:, j].detach().double().cpu().numpy()])
-        low, high = min(v.min() for v in values), max(v.max() for v in values)
-        bins = torch.linspace(low, high + 1e-9, 31).numpy()
-        ax.hist(values[0], bins=bins, density=True, alpha=0.6, color="C1", label="model x ~ p(x)")
+        span = (min(v.min() for v in values), max(v.max() for v in values))  # shared bins: model and data comparable
+        ax.hist(values[0], bins=30, range=span, density=True, alpha=0.6, color="C1", label="model x ~ p(x)")
         if data is not None:
-            ax.hist(values[1], bins=bins, density=True, histtype="step", linewidth=1.5, color="C0", label="data")
+            ax.hist(values[1], bins=30, range=span, density=True, histtype="step", linewidth=1.5, color="C0", label="data")
         ax.set_title(f"feature {j}", fontsize=8)
         ax.set_xlabel("value (model space)", fontsize=7)
         ax.tick_params(labelsize=6)
@@ -179,9 +176,7 @@ def reconstruction_grid(vae: "VAE", x: Tensor, path: str | Path | None = None, r
 def _feature_scatter(x: Tensor, recon: Tensor, path, run):
     num = min(x.shape[-1], MAX_FEATURES)
     fig, axes = _feature_axes(num)
-    for j, ax in enumerate(axes):
-        if j >= num:
-            break
+    for j, ax in zip(range(num), axes):
         a, b = x[:, j].detach().double().cpu().numpy(), recon[:, j].detach().double().cpu().numpy()
         ax.scatter(a, b, s=6, alpha=0.6)
         low, high = min(a.min(), b.min()), max(a.max(), b.max())

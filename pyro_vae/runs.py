@@ -47,7 +47,7 @@ from .data import Dataset
 from .transforms import DataTransform
 from .vae import VAE
 
-__all__ = ["CHECKPOINT", "BEST", "require_custom_parts", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
+__all__ = ["CHECKPOINT", "BEST", "run_home", "require_custom_parts", "RunDirError", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures",
            "checkpoint_path", "read_checkpoint", "load_weights", "load_model", "load_run", "read_history"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
@@ -150,6 +150,12 @@ def save_run_pictures(result: Any) -> None:
 
     data = model_space(result.dataset.train[:2000]) if plots.is_tabular(result.vae) else None
     save_training_pictures(result.run_dir, result.vae, model_space(result.dataset.test[:32]), result.history, data)
+
+
+def run_home(path: str | Path) -> Path:
+    """The run directory of ``path``, a run directory or a checkpoint file inside one."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
 
 
 def checkpoint_path(path: str | Path, which: str = "best") -> Path:
