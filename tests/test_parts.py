@@ -151,7 +151,9 @@ def test_cli_part_settings_reach_the_config(tmp_path):
     assert cfg.model.net.hidden == [32, 16]
     commands = build_parser()._subparsers._group_actions[0].choices
     help_text = " ".join(commands["train"].format_help().split())
-    assert "(config default: 30)" in help_text and "--prior-arg" in help_text and "(default: None)" not in help_text
+    from pyro_vae.config import TrainConfig
+
+    assert f"(config default: {TrainConfig().epochs})" in help_text and "--prior-arg" in help_text and "(default: None)" not in help_text
     eval_help = " ".join(commands["evaluate"].format_help().split())
     assert "(default: 1000)" in eval_help and "--method" in eval_help
 
