@@ -18,16 +18,15 @@ import math
 from typing import Sequence
 
 import torch  # noqa: F401 - the module docstring's example uses it
+import torch.nn.functional as F
 from torch import Tensor, nn
-
-from . import ops
 
 __all__ = ["ENCODERS", "DECODERS", "ACTIVATIONS", "NETS", "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
-    "tanh": ops.Tanh,  # same functions as nn.Tanh/nn.Softplus from faster CPU kernels (see ops)
-    "softplus": ops.Softplus,
+    "tanh": nn.Tanh,
+    "softplus": nn.Softplus,
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
@@ -66,7 +65,7 @@ class MLP(nn.Sequential):
 
 def _gaussian_params(h: Tensor) -> tuple[Tensor, Tensor]:
     loc, raw_scale = h.chunk(2, dim=-1)
-    return loc, ops.softplus(raw_scale) + MIN_SCALE
+    return loc, F.softplus(raw_scale) + MIN_SCALE
 
 
 class MLPEncoder(nn.Module):

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, Callable
 
 import pyro.distributions as dist
@@ -59,6 +60,10 @@ class Prior(RecordsSettings, nn.Module):
     def bind(self, latent_dim: int, encoder: nn.Module | None = None, event_shape: tuple = ()) -> None:
         self.latent_dim = latent_dim
 
+    def log_density(self, z: Tensor) -> Tensor:
+        """``log p(z)`` summed over the latent dim: ``self().log_prob(z)``, which a prior may compute faster."""
+        return self().log_prob(z)
+
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}"
 
@@ -78,6 +83,11 @@ class normal(Prior):
     def forward(self) -> dist.Distribution:
         loc = _zeros(self)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def log_density(self, z: Tensor) -> Tensor:
+        # The closed form skips building the distribution and its (z - 0) / 1 passes: on the
+        # training path this is one of the few per-step costs a hand-written VAE does not pay.
+        return z.square().sum(-1).mul_(-0.5).sub_(0.5 * z.shape[-1] * math.log(2 * math.pi))
 
 
 class learned_normal(Prior):

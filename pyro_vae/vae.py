@@ -253,21 +253,28 @@ class VAE(PyroModule):
         self._check_shape(x)
         self._check_support(x)
         loc, scale = modules["encoder"](x)
-        q = dist.Normal(loc, scale).to_event(1)
         k = objective.num_particles
-        z = q.rsample((k,)) if k > 1 else q.rsample()
-        prior = modules["prior"]()
+        # Normal.rsample's own recipe (the same RNG call, so the same draw as the traced guide);
+        # with the noise at hand, log q(z|x) needs no (z - loc)^2 / scale^2 pass.
+        eps = torch.empty((k, *loc.shape) if k > 1 else loc.shape, dtype=loc.dtype, device=loc.device).normal_()
+        z = loc + eps * scale
+        prior = modules["prior"]
         log_lik = modules["likelihood"].log_likelihood(modules["decoder"](z), x)
+        # Totals over particles and points, not per-point terms: the loss needs only the sum,
+        # and every small op saved is an autograd node saved (~10 us each way on CPU).
+        kl_total = None
         if type(objective) is TraceMeanField_ELBO:
             try:
-                kl = torch.distributions.kl_divergence(q, prior)
+                kl_total = k * torch.distributions.kl_divergence(dist.Normal(loc, scale).to_event(1), prior()).sum()
             except NotImplementedError:
-                kl = q.log_prob(z) - prior.log_prob(z)
-        else:
-            kl = q.log_prob(z) - prior.log_prob(z)
+                pass
+        if kl_total is None:
+            log_q_total = (eps.square().sum().mul(-0.5) - k * scale.log().sum()
+                           - 0.5 * eps.numel() * math.log(2 * math.pi))
+            log_p = prior.log_density(z) if hasattr(prior, "log_density") else prior().log_prob(z)
+            kl_total = log_q_total - log_p.sum()
         data_scale = 1.0 if self.num_data is None else self.num_data / x.shape[0]
-        per_particle = (log_lik - self.beta * kl).sum(-1) if k > 1 else (log_lik - self.beta * kl).sum()
-        return -data_scale * (per_particle.mean() if k > 1 else per_particle)
+        return (log_lik.sum() - self.beta * kl_total).mul(-data_scale / k)
 
     # -- conveniences -------------------------------------------------------------------
 

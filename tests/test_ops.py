@@ -1,35 +1,6 @@
-import pytest
 import torch
-import torch.nn.functional as F
 
 from pyro_vae import ops
-from pyro_vae.nets import ACTIVATIONS
-
-
-@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-6)])
-def test_softplus_matches_torch(dtype, rtol):
-    x = torch.linspace(-18, 18, 10001, dtype=dtype)  # inside F.softplus's threshold of 20
-    torch.testing.assert_close(ops.softplus(x), F.softplus(x), rtol=rtol, atol=0)
-
-
-def test_tanh_matches_torch():
-    x = torch.linspace(-12, 12, 10001, dtype=torch.float64)
-    torch.testing.assert_close(ops.tanh(x), torch.tanh(x), rtol=0, atol=1e-15)
-    x32 = x.float()
-    torch.testing.assert_close(ops.tanh(x32), torch.tanh(x32), rtol=0, atol=3e-7)
-
-
-def test_log1p_is_accurate_for_tiny_arguments():
-    u = torch.logspace(-30, 2, 2000, dtype=torch.float32)
-    rel = (ops.log1p_nonnegative(u) - torch.log1p(u)).abs() / torch.log1p(u)
-    assert rel.max() < 5e-7  # plain log(1 + u) would be off by 100% below u = 6e-8
-    assert ops.log1p_nonnegative(torch.zeros(3)).eq(0).all()
-
-
-@pytest.mark.parametrize("fn", [ops.softplus, ops.tanh])
-def test_backward_passes_are_exact(fn):
-    x = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(fn, (x,))
 
 
 def test_bernoulli_log_prob_value_and_gradients():
@@ -48,8 +19,10 @@ def test_bernoulli_log_prob_value_and_gradients():
     assert torch.autograd.gradcheck(ops.bernoulli_log_prob, (logits.detach().requires_grad_(), x_var))
 
 
-def test_activations_use_the_fast_layers_and_match_torch_layers():
-    assert ACTIVATIONS["softplus"] is ops.Softplus and ACTIVATIONS["tanh"] is ops.Tanh
-    x = torch.randn(64, 9)
-    torch.testing.assert_close(ACTIVATIONS["softplus"]()(x), torch.nn.Softplus()(x))
-    torch.testing.assert_close(ACTIVATIONS["tanh"]()(x), torch.nn.Tanh()(x), rtol=0, atol=3e-7)
+def test_bernoulli_log_prob_is_finite_for_extreme_logits():
+    logits = torch.tensor([[-200.0, -30.0, 0.0, 30.0, 200.0]])
+    x = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
+    out = ops.bernoulli_log_prob(logits, x)
+    ref = torch.distributions.Bernoulli(logits=logits.double()).log_prob(x.double()).sum(-1)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, rtol=0, atol=1e-4)  # float32 on terms of size 200

@@ -67,6 +67,14 @@ def test_contract(prior, likelihood):
     assert Trace_ELBO().loss(clone.model, clone.guide, x) == pytest.approx(a, rel=1e-6)
 
 
+@pytest.mark.parametrize("prior", list(PRIORS))
+def test_prior_log_density_is_its_distributions_log_prob(prior):
+    vae = VAE(EVENT, latent_dim=3, prior=prior, likelihood="bernoulli", hidden=(16,))
+    z = 3 * torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(1))
+    module = vae._modules["prior"]
+    torch.testing.assert_close(module.log_density(z), module().log_prob(z), rtol=1e-6, atol=1e-5)
+
+
 def test_user_constructor_likelihood():
     vae = VAE((6,), latent_dim=2, likelihood=functools.partial(dist.StudentT, df=3.0), hidden=(8,))
     assert vae.likelihood.free == ["loc", "scale"]
