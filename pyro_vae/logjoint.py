@@ -35,6 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
 from .likelihoods import Generic
+from .priors import prior_log_density
 
 __all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", "subsample_factor", "is_stock_vae", "use_fused", "fused_bernoulli",
            "log_joint", "log_lik_blocks", "bernoulli_log_prob_pieces", "draw_log_weights",
@@ -172,16 +173,7 @@ def log_joint(vae: Any, x: Tensor, z: Tensor) -> Tensor:
         log_lik = vae.decode(z).log_prob(x)
     else:
         log_lik = vae.likelihood.log_likelihood(vae.decoder(z), x)
-    return _log_prior(vae, z) + log_lik
-
-
-def _log_prior(vae: Any, z: Tensor, prior: Any = None) -> Tensor:
-    # A prior module may compute log p(z) in closed form (priors.Prior.log_density), which on
-    # the estimators' inner loops is cheaper than building its distribution.
-    module = vae._modules.get("prior")
-    if hasattr(module, "log_density"):
-        return module.log_density(z)
-    return (prior if prior is not None else vae.prior()).log_prob(z)
+    return prior_log_density(vae._modules["prior"], z) + log_lik
 
 
 def is_stock_vae(vae: Any) -> bool:
@@ -287,7 +279,7 @@ def draw_log_weights(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: boo
     z = loc + eps * scale
     log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
     log_lik = log_lik_blocks(vae, z, x)
-    return log_lik, log_lik + _log_prior(vae, z, prior) - log_q
+    return log_lik, log_lik + prior_log_density(vae._modules["prior"], z, prior) - log_q
 
 
 def trace_log_terms(fn: Callable, x: Tensor, values: dict[str, Tensor], max_plate_nesting: int = 1,

@@ -10,7 +10,7 @@ Why only torch's kernels: an earlier version also rebuilt ``softplus``, ``log1p`
 ``tanh`` from ``exp``, ``log`` and ``sigmoid``, which was faster on the CPU it was
 measured on. On the CPU the project now benchmarks on, with both torch 2.14.1 and
 2.15.0, torch's ``log1p`` and ``tanh`` are vectorized and the rebuilt versions were 2-4x
-*slower*, forward and backward (``docs/benchmarks.md``, "Where the CPU time went").
+*slower*, forward and backward (``docs/benchmarks.md``, "Both torch builds side by side").
 Which composition of kernels wins depends on the CPU and the build; torch's own kernels
 are the choice that is never far off.
 
@@ -34,7 +34,7 @@ class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(logits, x)
-        # Two reductions rather than one of a difference: one full-size temporary fewer.
+        # Two reductions rather than the reduction of a difference: one full-size pass fewer.
         return (logits * x).sum(-1).sub_(F.softplus(logits).sum(-1))
 
     @staticmethod

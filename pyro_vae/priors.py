@@ -43,6 +43,7 @@ __all__ = [
     "studentt",
     "PRIORS",
     "resolve_prior",
+    "prior_log_density",
     "marginal_log_prob_per_dim",
 ]
 
@@ -66,6 +67,17 @@ class Prior(RecordsSettings, nn.Module):
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}"
+
+
+def prior_log_density(module: nn.Module, z: Tensor, prior: dist.Distribution | None = None) -> Tensor:
+    """``log p(z)`` of a prior module: its own closed-form ``log_density`` when it defines one, else
+    the log-density of its distribution (``prior``, when the caller has already built it).
+
+    A user's prior may be any module returning a distribution, so ``log_density`` is optional.
+    """
+    if getattr(type(module), "log_density", Prior.log_density) is not Prior.log_density:
+        return module.log_density(z)
+    return (prior if prior is not None else module()).log_prob(z)
 
 
 def _zeros(prior: Prior) -> Tensor:

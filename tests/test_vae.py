@@ -9,7 +9,7 @@ import pytest
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS
+from pyro_vae.priors import PRIORS, Prior
 from pyro_vae.vae import VAE
 
 EVENT = (8, 8)
@@ -67,7 +67,11 @@ def test_contract(prior, likelihood):
     assert Trace_ELBO().loss(clone.model, clone.guide, x) == pytest.approx(a, rel=1e-6)
 
 
-@pytest.mark.parametrize("prior", list(PRIORS))
+# Only priors with a closed form of their own: for the others log_density *is* self().log_prob.
+CLOSED_FORM_PRIORS = [name for name, cls in PRIORS.items() if cls.log_density is not Prior.log_density]
+
+
+@pytest.mark.parametrize("prior", CLOSED_FORM_PRIORS)
 def test_prior_log_density_is_its_distributions_log_prob(prior):
     vae = VAE(EVENT, latent_dim=3, prior=prior, likelihood="bernoulli", hidden=(16,))
     z = 3 * torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(1))
