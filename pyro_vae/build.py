@@ -31,6 +31,7 @@ from . import parts
 from .config import Config, ConfigError, TrainConfig
 from .data import Dataset, load_dataset
 from .likelihoods import resolve_likelihood
+from .adversarial import ADVERSARIAL
 from .objectives import IWAE
 from .transforms import DataTransform
 from .vae import VAE
@@ -207,8 +208,10 @@ def build_transform(cfg: Config, data: Dataset | DataShape, vae: VAE) -> DataTra
 
 
 def build_objective(train: TrainConfig):
-    """The Pyro loss named by ``train.objective``."""
+    """The loss named by ``train.objective``: a Pyro ELBO, or an :mod:`~pyro_vae.adversarial` objective."""
     k = train.num_particles
+    if train.objective in ADVERSARIAL:
+        return ADVERSARIAL[train.objective](hidden=train.adversary_hidden, weight=train.adversary_weight)
     if train.objective == "iwae":
         return IWAE(num_particles=k)
     cls = Trace_ELBO if train.objective == "elbo" else TraceMeanField_ELBO

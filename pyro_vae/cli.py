@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--latent-dim", type=int, help="size of z (config default: 4)")
     t.add_argument("--net", help="mlp or conv (config default: mlp)")
     t.add_argument("--hidden", help="comma-separated hidden sizes, e.g. 200,200 (config default: the net's own)")
-    t.add_argument("--objective", help="elbo, meanfield or iwae (config default: elbo)")
+    t.add_argument("--objective", help="elbo, meanfield, iwae, aae, gan or ali (config default: elbo)")
     t.add_argument("--particles", type=int, help="particles per datapoint, K for iwae (config default: 1)")
     t.add_argument("--beta", type=float, help="weight of the KL term (config default: 1.0)")
     t.add_argument("--epochs", type=int, help="epochs; with --resume, extends the run (config default: 40)")

@@ -37,7 +37,8 @@ from .transforms import BINARIZE_MODES
 
 __all__ = ["ConfigError", "DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
 
-OBJECTIVES = ("elbo", "meanfield", "iwae")
+OBJECTIVES = ("elbo", "meanfield", "iwae", "aae", "gan", "ali")
+ADVERSARIAL_OBJECTIVES = ("aae", "gan", "ali")
 PART_KEYS = ("prior", "likelihood", "encoder", "decoder", "vae")
 # What the library passes to a part itself; a user's settings may not override it.
 RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", "event_shape", "num_params"),
@@ -135,7 +136,13 @@ class TrainConfig:
     Attributes:
         objective: ``elbo`` (Trace_ELBO), ``meanfield`` (TraceMeanField_ELBO, analytic
             KL where registered) or ``iwae`` (importance-weighted bound with
-            ``num_particles`` samples).
+            ``num_particles`` samples); or adversarial (:mod:`pyro_vae.adversarial`): ``aae``
+            (adversarial autoencoder: reconstruction plus a discriminator on z matching
+            q(z) to p(z)), ``gan`` (the decoder as a GAN generator, a discriminator on x) or
+            ``ali`` (ALI/BiGAN: a discriminator on (x, z) pairs, data joint against model joint).
+        adversary_hidden: Hidden widths of the ``aae``/``gan``/``ali`` discriminator.
+        adversary_lr: Its Adam learning rate (``None``: ``lr``).
+        adversary_weight: Weight of the adversarial term in the generator's loss.
         num_particles: Particles per datapoint (vectorized).
         beta: Final KL weight; ``warmup_epochs`` ramps it linearly from 0.
         lr_schedule: ``none``, ``cosine`` (to 0 over training), ``step`` (halve every
@@ -161,6 +168,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     objective: str = "elbo"
     num_particles: int = 1
+    adversary_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    adversary_lr: float | None = None
+    adversary_weight: float = 1.0
     beta: float = 1.0
     warmup_epochs: float = 0.0
     lr_schedule: str = "none"
@@ -343,10 +353,31 @@ def _validate(cfg: Config) -> None:
     _finite("train.grad_clip", cfg.train.grad_clip, 0.0, strict=True, optional=True)
     if cfg.train.objective == "iwae" and cfg.train.num_particles < 2:
         raise ConfigError("train.objective 'iwae' needs train.num_particles >= 2 (K importance samples), e.g. 5.")
+    if cfg.train.objective in ADVERSARIAL_OBJECTIVES:
+        _check_adversarial(cfg.train)
     for key in ("val_fraction", "test_fraction"):
         value = getattr(cfg.data, key)
         if not (math.isfinite(value) and 0 <= value < 1):
             raise ConfigError(f"data.{key} must lie in [0, 1), got {value}.")
+
+
+def _check_adversarial(train: TrainConfig) -> None:
+    name = train.objective
+    for i, size in enumerate(train.adversary_hidden):
+        if size < 1:
+            raise ConfigError(f"train.adversary_hidden[{i}] must be >= 1, got {size}; e.g. [256, 256].")
+    _finite("train.adversary_lr", train.adversary_lr, 0.0, strict=True, optional=True)
+    _finite("train.adversary_weight", train.adversary_weight, 0.0, strict=True)
+    # Settings of the KL term, which these objectives do not have: ignoring them would be silent.
+    if train.num_particles != 1:
+        raise ConfigError(f"train.objective {name!r} uses one draw per point; remove train.num_particles "
+                          f"(now {train.num_particles}).")
+    if train.beta != 1.0 or train.warmup_epochs:
+        raise ConfigError(f"train.objective {name!r} has no KL term for train.beta/warmup_epochs to weight; remove them "
+                          "(train.adversary_weight weights the adversarial term).")
+    if train.patience is not None and name == "gan":
+        raise ConfigError("train.objective 'gan' does not train the encoder, so its validation ELBO cannot select "
+                          "epochs; remove train.patience.")
 
 
 def from_dict(raw: dict | None) -> Config:

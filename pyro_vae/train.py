@@ -21,7 +21,7 @@ import json
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
+from .adversarial import Adversarial
 from .errors import TrainingDivergedError
 from . import config as config_lib
 from . import runs
@@ -157,12 +158,14 @@ def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None
 
 def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: torch.Tensor,
                grad_clip: float | None = None, guard: DivergenceGuard | None = None,
-               num_data: int = 1) -> torch.Tensor:
+               num_data: int = 1, adversary: tuple[Any, torch.optim.Optimizer] | None = None) -> torch.Tensor:
     """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update.
 
     With a ``guard``, the loss (divided by ``num_data``) and the gradients are checked
     before the update, so a diverging step raises :class:`TrainingDivergedError` and
-    leaves the parameters as they were.
+    leaves the parameters as they were. With an adversarial ``objective`` (``aae``/``gan``)
+    the ``adversary`` pair (discriminator, its optimizer) then takes its own step on the
+    real and generated points of this one; its loss is left in ``objective.last_loss``.
     """
     try:
         # Fabric's own forward minus its input conversion, which under bf16-mixed would round the
@@ -186,7 +189,24 @@ def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: t
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
         guard.check_step(loss, grad_norm, num_data, fabric)
     optimizer.step()
+    if adversary is not None:
+        _discriminator_step(fabric, objective, *adversary, grad_clip, guard)
     return loss.detach()
+
+
+def _discriminator_step(fabric, objective: Adversarial, discriminator, optimizer: torch.optim.Optimizer,
+                        grad_clip: float | None, guard: DivergenceGuard | None) -> None:
+    real, fake = objective.pair
+    with fabric.autocast():
+        loss = objective.discriminator_loss(discriminator, real, fake).float()
+    if guard is not None and not bool(torch.isfinite(loss)):
+        raise guard.fail(f"the discriminator's loss is {loss.item()} (not finite)")
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if grad_clip:
+        fabric.clip_gradients(discriminator, optimizer, max_norm=grad_clip, error_if_nonfinite=guard is None)
+    optimizer.step()
+    objective.last_loss = loss.detach()
 
 
 def fit(
@@ -307,6 +327,13 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
     module, optimizer = fabric.setup(vae, optimizer)
     objective = build_objective(tc)
+    adversary, discriminator = None, None
+    if isinstance(objective, Adversarial):
+        discriminator = objective.bind(vae)
+        adversary = fabric.setup(discriminator, build_optimizer(replace(tc, lr=tc.adversary_lr or tc.lr),
+                                                                discriminator.parameters()))
+        # The GAN leaves the encoder untrained, so the validation ELBO says nothing about its epochs.
+        selects_on_val = selects_on_val and objective.name != "gan"
 
     history: list[dict] = []
     start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0
@@ -319,6 +346,12 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             runs.load_weights(scheduler, state["scheduler"], source, "lr schedule")
         start_epoch, global_step = state["epoch"], state["global_step"]
         history, best, bad_epochs = list(state["history"]), state["best_val_elbo"], state["bad_epochs"]
+        if adversary is not None:
+            if "adversary" not in state:
+                raise ConfigError(f"{source} holds no discriminator, so it was not trained with train.objective "
+                                  f"{tc.objective!r}; resume it with the objective it was trained with.")
+            runs.load_weights(discriminator, state["adversary"], source, "discriminator")
+            runs.load_weights(adversary[1], state["adversary_optimizer"], source, "discriminator optimizer")
         guard.reference = state.get("loss_reference")
         guard.last_good = f"{source} keeps epoch {start_epoch}, the last good one"
         restore_rng(state["rng"])
@@ -337,14 +370,16 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                desc="train", unit="step")
     with pyro.settings.context(module_local_params=local_params), bar:
         for epoch in range(start_epoch, tc.epochs):
-            tic, loss_sum, batches = time.perf_counter(), 0.0, 0
+            tic, loss_sum, disc_sum, batches = time.perf_counter(), 0.0, 0.0, 0
             vae.train()
             for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
                                              rank=fabric.global_rank, world_size=fabric.world_size):
                 vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
                 guard.epoch, guard.step = epoch + 1, global_step + 1
                 loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True).to(dtype), tc.grad_clip,
-                                  guard, vae.num_data)
+                                  guard, vae.num_data, adversary)
+                if adversary is not None:
+                    disc_sum += objective.last_loss.item()
                 if scheduler is not None:
                     scheduler.step()
                 global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
@@ -356,8 +391,11 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             val_m = epoch_metrics(vae, val_x, None, fabric) if len(val_x) else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
             # Before anything is saved: checkpoints never receive non-finite parameters.
             guard.check_epoch(vae, {"train": train_m["elbo"], **({"validation": val_m["elbo"]} if len(val_x) else {})})
+            if discriminator is not None:
+                guard.check_epoch(discriminator, {})
             row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": vae.beta,
                    "train_loss": loss_sum / max(batches, 1),
+                   **({"train_discriminator_loss": disc_sum / max(batches, 1)} if adversary is not None else {}),
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
                    "seconds": time.perf_counter() - tic}
             history.append(row)
@@ -373,6 +411,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                         "global_step": global_step, "rng": capture_rng(), "history": history,
                         "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,
                         "loss_reference": guard.reference}
+                if adversary is not None:
+                    ckpt.update(adversary=discriminator.state_dict(), adversary_optimizer=adversary[1].state_dict())
                 if fabric.is_global_zero:
                     runs.save_epoch(run_dir, ckpt, improved)
                     runs.write_metrics(run_dir, history)

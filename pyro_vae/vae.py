@@ -38,6 +38,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from .datafiles import MAX_LEVELS
+from .adversarial import Adversarial
 from .objectives import IWAE
 from .config import ModelConfig, NetConfig
 from .likelihoods import check_support, resolve_likelihood
@@ -198,6 +199,8 @@ class VAE(PyroModule):
         ``objective.differentiable_loss(self.model, self.guide, x)`` (tested), at the
         speed of a hand-written VAE. Anything else goes through Pyro.
         """
+        if isinstance(objective, Adversarial):  # aae/gan: the generator's half of the step
+            return objective.generator_loss(self, x)
         if self._direct_elbo_applies(objective):
             return self._direct_elbo_loss(x, objective)
         if self._direct_iwae_applies(objective):
