@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -42,7 +43,37 @@ from torch.distributions import Bernoulli, Categorical, Independent
 
 from .errors import ConfigError
 
-__all__ = ["Discriminator", "Adversarial", "AAE", "GAN", "ALI", "ADVERSARIAL", "differentiable_draw"]
+__all__ = ["Discriminator", "Adversarial", "AAE", "GAN", "ALI", "ADVERSARIAL", "differentiable_draw",
+           "DiscriminatorWonWarning", "WON_LOSS", "check_balance"]
+
+
+# A discriminator loss (real + fake cross-entropy, 2 log 2 = 1.39 at balance) this low means it tells
+# nearly every generated point from the data, and its gradients to the generator have vanished.
+WON_LOSS = 0.05
+
+
+class DiscriminatorWonWarning(UserWarning):
+    """The discriminator separates data from generated points almost perfectly: the generator has likely failed."""
+
+
+def check_balance(objective: str, history: Sequence[dict]) -> None:
+    """Warn (:class:`DiscriminatorWonWarning`) if the last epoch's discriminator loss is below :data:`WON_LOSS`.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     check_balance("gan", [{"epoch": 3, "train_discriminator_loss": 0.001}])
+        >>> "has won" in str(caught[0].message)
+        True
+    """
+    loss = history[-1]["train_discriminator_loss"] if history else None
+    if loss is not None and loss < WON_LOSS:
+        warnings.warn(DiscriminatorWonWarning(
+            f"train.objective {objective!r}: the discriminator has won (its loss is {loss:.3g} at epoch "
+            f"{history[-1]['epoch']}, 1.39 at balance), so the generator has likely collapsed to a few images; lower "
+            "train.lr and train.adversary_lr (e.g. 1e-3 and 2e-4) and check the samples and the AIS log-likelihood."
+        ), stacklevel=3)
 
 
 class Discriminator(nn.Module):
@@ -213,6 +244,9 @@ class GAN(Adversarial):
     def bind(self, vae: Any) -> Discriminator:
         p = next(vae.parameters())
         differentiable_draw(vae.decode(torch.zeros(1, vae.latent_dim, device=p.device, dtype=p.dtype)))  # fail early
+        # Level numbers (0-16 on digits) reach the discriminator as [0, 1], as pixels usually do.
+        levels = getattr(vae, "levels", None) if vae.likelihood.wants_levels else None
+        self.input_scale = 1.0 / (levels - 1) if levels and levels > 1 else 1.0
         return super().bind(vae)
 
     def generator_loss(self, vae: Any, x: Tensor) -> Tensor:
@@ -220,9 +254,9 @@ class GAN(Adversarial):
         vae._check_support(x)
         prior = vae.prior()
         z = prior.rsample((len(x),)) if prior.has_rsample else prior.sample((len(x),))
-        fake = differentiable_draw(vae.decode(z)).to(x.dtype)
-        self.pair = (x.reshape(len(x), -1), fake.detach().reshape(len(x), -1))
-        return self._scale(vae, len(x)) * self.weight * self._fooled(fake.reshape(len(x), -1)).sum()
+        fake = differentiable_draw(vae.decode(z)).to(x.dtype).reshape(len(x), -1) * self.input_scale
+        self.pair = (x.reshape(len(x), -1) * self.input_scale, fake.detach())
+        return self._scale(vae, len(x)) * self.weight * self._fooled(fake).sum()
 
 
 class ALI(GAN):
@@ -251,10 +285,10 @@ class ALI(GAN):
         vae._check_shape(x)
         vae._check_support(x)
         n = len(x)
-        encoded = torch.cat([x.reshape(n, -1), vae.encode(x).rsample()], dim=1)
+        encoded = torch.cat([x.reshape(n, -1) * self.input_scale, vae.encode(x).rsample()], dim=1)
         prior = vae.prior()
         z = prior.rsample((n,)) if prior.has_rsample else prior.sample((n,))
-        decoded = torch.cat([differentiable_draw(vae.decode(z)).to(x.dtype).reshape(n, -1), z], dim=1)
+        decoded = torch.cat([differentiable_draw(vae.decode(z)).to(x.dtype).reshape(n, -1) * self.input_scale, z], dim=1)
         self.pair = (encoded.detach(), decoded.detach())
         fooled = self._fooled(decoded) + self._fooled(encoded, as_real=False)
         return self._scale(vae, n) * self.weight * fooled.sum()

@@ -216,6 +216,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         last = result.history[-1] if result.history else None
         if last is None:
             print(f"Nothing to do: the run in {result.run_dir} already finished {result.config.train.epochs} epochs.")
+        elif "train_discriminator_loss" in last:  # aae/gan/ali: their losses are not bounds on log p(x)
+            objective = result.config.train.objective
+            encoder = "untrained encoder" if objective == "gan" else "encoder"
+            print(
+                f"epoch {last['epoch']} ({objective}): generator loss {last['train_loss']:.3f}, discriminator loss "
+                f"{last['train_discriminator_loss']:.3f} per point; validation ELBO through its {encoder} "
+                f"{last['val_elbo']:.3f} nats/point (a loose bound)"
+            )
+            print(f"its log-likelihood: pyro-vae evaluate {result.run_dir} --method ais  (AIS from the prior)")
         else:
             print(
                 f"epoch {last['epoch']}: validation ELBO {last['val_elbo']:.3f} nats/point "

@@ -193,9 +193,23 @@ CURVE_TITLES = {"elbo": "ELBO", "reconstruction": "reconstruction E_q[log p(x|z)
 
 
 def training_curves(history: Sequence[dict], path: str | Path | None = None, run: str | None = None):
-    """Train and validation ELBO, reconstruction and KL per epoch (nats per datapoint)."""
+    """Train and validation ELBO, reconstruction and KL per epoch (nats per datapoint).
+
+    Runs of an adversarial objective get a fourth panel: the generator's and the
+    discriminator's training losses.
+    """
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    adversarial = bool(history) and "train_discriminator_loss" in history[0]
+    fig, axes = plt.subplots(1, 4 if adversarial else 3, figsize=(16 if adversarial else 12, 3.5))
+    if adversarial:
+        ax = axes[3]
+        for key, label in (("train_loss", "generator"), ("train_discriminator_loss", "discriminator")):
+            ax.plot(epochs, [row[key] for row in history], marker="." if len(epochs) < 60 else None, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss / point")
+        ax.set_title("adversarial training losses", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend()
     for ax, key in zip(axes, CURVE_TITLES):
         for split in ("train", "val"):
             ax.plot(epochs, [row[f"{split}_{key}"] for row in history], marker="." if len(epochs) < 60 else None,

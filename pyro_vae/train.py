@@ -29,7 +29,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from .adversarial import Adversarial
+from .adversarial import Adversarial, check_balance
 from .errors import TrainingDivergedError
 from . import config as config_lib
 from . import runs
@@ -421,6 +421,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             if stop:
                 break
 
+    if adversary is not None and fabric.is_global_zero:
+        check_balance(tc.objective, history)
     for logger in fabric.loggers:  # flush the event files before the run is read back
         logger.finalize("success")
     ddp = None

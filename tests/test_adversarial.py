@@ -1,11 +1,12 @@
 """The adversarial objectives: AAE and GAN train, resume bit-identically and are scored by AIS."""
 
 import json
+import warnings
 
 import pytest
 import torch
 from conftest import tiny_config
-from pyro_vae.adversarial import AAE, ALI, GAN, differentiable_draw
+from pyro_vae.adversarial import AAE, ALI, GAN, DiscriminatorWonWarning, differentiable_draw
 from pyro_vae.ais import ais
 from pyro_vae.checkpoint import load_checkpoint
 from pyro_vae.config import ConfigError
@@ -164,3 +165,16 @@ def test_the_generator_step_leaves_the_discriminator_without_gradients(objective
     adversary.generator_loss(vae, torch.bernoulli(torch.full((5, 6), 0.5))).backward()
     assert all(p.grad is None for p in discriminator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.decoder.parameters())
+
+
+def test_a_discriminator_that_has_won_is_reported(monkeypatch):
+    """fit checks the last epoch's balance; a bound above any loss makes every run trip it, with the fix named."""
+    import pyro_vae.adversarial as adversarial
+
+    run = adversarial_config(objective="gan", epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DiscriminatorWonWarning)
+        fit(run, run_dir=None, progress=False)  # 1.3 nats after one epoch: balanced, no warning
+    monkeypatch.setattr(adversarial, "WON_LOSS", 100.0)
+    with pytest.warns(DiscriminatorWonWarning, match="the discriminator has won .* lower train.lr and train.adversary_lr"):
+        fit(run, run_dir=None, progress=False)
