@@ -259,7 +259,9 @@ def make_fabric(train: TrainConfig, run_dir: str | Path | None = None):
 
     strategy = train.strategy
     if strategy == "auto" and train.devices * train.num_nodes > 1:
-        strategy = "ddp"
+        # The adversarial objectives leave parameters out of the generator's loss (the GAN's encoder,
+        # an AAE's learnable prior), which plain DDP refuses as unused after the first step.
+        strategy = "ddp_find_unused_parameters_true" if train.objective in ADVERSARIAL else "ddp"
     loggers = []
     if train.logger == "tensorboard" and run_dir is not None:
         from lightning_fabric.loggers import TensorBoardLogger

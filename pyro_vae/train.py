@@ -427,7 +427,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
         logger.finalize("success")
     ddp = None
     if fabric.world_size > 1:
-        flat = torch.cat([p.detach().flatten() for p in vae.parameters()])
+        trained = [*vae.parameters(), *(discriminator.parameters() if discriminator is not None else ())]
+        flat = torch.cat([p.detach().flatten() for p in trained])
         gathered = fabric.all_gather(flat)
         seen_all = fabric.all_reduce(torch.tensor(float(seen), device=fabric.device), reduce_op="sum")
         ddp = {"world_size": fabric.world_size, "max_param_diff": (gathered - gathered[0]).abs().max().item(),

@@ -178,3 +178,26 @@ def test_a_discriminator_that_has_won_is_reported(monkeypatch):
     monkeypatch.setattr(adversarial, "WON_LOSS", 100.0)
     with pytest.warns(DiscriminatorWonWarning, match="the discriminator has won .* lower train.lr and train.adversary_lr"):
         fit(run, run_dir=None, progress=False)
+
+
+def test_a_gan_trains_under_ddp_with_identical_ranks(tmp_path):
+    """Two gloo ranks: the GAN's encoder takes no gradient, yet DDP runs and keeps every parameter, discriminator's included, equal."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "--devices", "2", "--epochs", "2", "--objective", "gan",
+           "--binarize", "threshold", "--likelihood", "bernoulli", "--latent-dim", "2", "--hidden", "16",
+           "--batch-size", "128", "--set", "train.adversary_hidden=[16]", "--out", str(tmp_path), "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["max_param_diff"] == 0.0
+    assert "adversary" in load_checkpoint(tmp_path)
