@@ -375,8 +375,8 @@ def _check_adversarial(train: TrainConfig) -> None:
     if train.beta != 1.0 or train.warmup_epochs:
         raise ConfigError(f"train.objective {name!r} has no KL term for train.beta/warmup_epochs to weight; remove them "
                           "(train.adversary_weight weights the adversarial term).")
-    if train.patience is not None and name == "gan":
-        raise ConfigError("train.objective 'gan' does not train the encoder, so its validation ELBO cannot select "
+    if train.patience is not None:
+        raise ConfigError(f"train.objective {name!r} does not train the ELBO, so its validation ELBO cannot choose "
                           "epochs; remove train.patience.")
 
 

@@ -332,8 +332,9 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
         discriminator = objective.bind(vae)
         adversary = fabric.setup(discriminator, build_optimizer(replace(tc, lr=tc.adversary_lr or tc.lr),
                                                                 discriminator.parameters()))
-        # The GAN leaves the encoder untrained, so the validation ELBO says nothing about its epochs.
-        selects_on_val = selects_on_val and objective.name != "gan"
+        # None of them trains the ELBO (the GAN not even its encoder): the validation ELBO through their
+        # encoder is a loose bound that can fall while the model improves, so best.pt is the last epoch.
+        selects_on_val = False
 
     history: list[dict] = []
     start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0

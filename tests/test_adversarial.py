@@ -127,7 +127,8 @@ def test_a_gan_run_is_scored_by_ais_from_the_prior(tmp_path):
     ({"adversary_hidden": [0]}, r"adversary_hidden\[0\] must be >= 1"),
     ({"adversary_lr": -1.0}, "adversary_lr must be a finite number > 0"),
     ({"adversary_weight": 0.0}, "adversary_weight must be a finite number > 0"),
-    ({"objective": "gan", "patience": 3}, "does not train the encoder"),
+    ({"objective": "gan", "patience": 3}, "does not train the ELBO"),
+    ({"objective": "aae", "patience": 3}, "does not train the ELBO"),
 ])
 def test_nonsense_adversarial_settings_are_refused(train, message):
     with pytest.raises(ConfigError, match=message):
