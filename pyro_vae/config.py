@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from .adversarial import ADVERSARIAL
 from .errors import ConfigError
 from . import parts
 from .data import DATASETS
@@ -37,8 +38,8 @@ from .transforms import BINARIZE_MODES
 
 __all__ = ["ConfigError", "DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
 
-OBJECTIVES = ("elbo", "meanfield", "iwae", "aae", "gan", "ali")
-ADVERSARIAL_OBJECTIVES = ("aae", "gan", "ali")
+ADVERSARIAL_OBJECTIVES = tuple(ADVERSARIAL)
+OBJECTIVES = ("elbo", "meanfield", "iwae", *ADVERSARIAL_OBJECTIVES)
 PART_KEYS = ("prior", "likelihood", "encoder", "decoder", "vae")
 # What the library passes to a part itself; a user's settings may not override it.
 RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", "event_shape", "num_params"),

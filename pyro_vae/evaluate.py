@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 from . import plots
 from .ais import AISResult, ais
 from .bdmc import BDMCResult, bdmc, simulate
-from .config import ADVERSARIAL_OBJECTIVES
+from .adversarial import ais_init
 from .importance import DEFAULT_K_LIST, evaluate
 from .report import KHAT_THRESHOLD, Evaluation, PosteriorCollapseWarning, write_report
 from .runs import load_run, run_home
@@ -140,9 +140,7 @@ def evaluate_run(
     provenance = {"run_dir": str(run_dir), "objective": cfg.train.objective, "split": split, "dataset": dataset.name, "data": transform.describe(),
                   "checkpoint": which, "likelihood": vae.likelihood.name, "prior": cfg.model.prior}
     ev.extra.update(provenance)
-    # An adversarial encoder is not fitted to the posterior (no entropy term; the GAN's is not
-    # trained at all), so AIS and BDMC anneal from the prior, as Wu et al. (2017) do for GANs.
-    init = "prior" if cfg.train.objective in ADVERSARIAL_OBJECTIVES else "guide"
+    init = ais_init(cfg.train.objective)  # the prior for aae/gan/ali, whose encoders are not posteriors
     sampler = {"chains": chains, "leapfrog": leapfrog, "init": init, "fabric": fabric, "seed": seed, "progress": progress}
     if method == "ais":
         ev.sections["ais"] = ais(vae, x, steps=steps, levels=levels, batch_size=batch_size, **sampler)

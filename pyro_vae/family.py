@@ -7,8 +7,8 @@ scored exactly. All figures are nats per test point with the SE over points, plu
 paired difference to the baseline on identical points (``docs/theory/family.md`` says
 why one estimator for all of them).
 
-AIS starts from the guide for the ELBO objectives and from the prior for ``aae``/``gan``,
-as :func:`pyro_vae.evaluate.evaluate_run` does: an adversarial encoder is not fitted to
+AIS starts where :func:`pyro_vae.adversarial.ais_init` says, as :func:`pyro_vae.evaluate.evaluate_run`
+does: from the guide for the ELBO objectives, from the prior for ``aae``/``gan``/``ali``: an adversarial encoder is not fitted to
 the posterior, and annealing from it can fail (a BDMC gap of hundreds of nats).
 
 Example:
@@ -32,18 +32,13 @@ import torch
 from .ais import ais
 from .baselines import make_baseline
 from .bdmc import bdmc
-from .config import ADVERSARIAL_OBJECTIVES
+from .adversarial import ais_init
 from .importance import evaluate
 from .plots import image_grid, to_images
 
-__all__ = ["ais_init", "family_table", "markdown_table", "sample_grids"]
+__all__ = ["family_table", "markdown_table", "sample_grids"]
 
 BASELINE_FOR = {"binary": "mob"}  # the exact baseline on each representation the table can pair
-
-
-def ais_init(objective: str) -> str:
-    """Where AIS starts for a model trained with ``objective``: ``"prior"`` for aae/gan, else ``"guide"``."""
-    return "prior" if objective in ADVERSARIAL_OBJECTIVES else "guide"
 
 
 def _test_points(models: Mapping[str, Any], points: int | None) -> torch.Tensor:

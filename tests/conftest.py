@@ -42,3 +42,23 @@ def tiny_config(tmp_path=None, **sections):
     for section, values in sections.items():
         cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
     return cfg
+
+
+def crash_in_epoch_3(config, monkeypatch):
+    """Run ``fit(config)`` until a simulated crash during epoch 3 (after epoch 2's checkpoint), then restore fit."""
+    import pytest
+    import pyro_vae.train as train_module
+    from pyro_vae.train import fit
+
+    real_metrics, calls = train_module.epoch_metrics, []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # two calls per epoch: the 5th is epoch 3's
+            raise KeyboardInterrupt("simulated crash")
+        return real_metrics(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "epoch_metrics", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, progress=False)
+    monkeypatch.setattr(train_module, "epoch_metrics", real_metrics)

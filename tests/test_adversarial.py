@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import crash_in_epoch_3, tiny_config
 from pyro_vae.adversarial import AAE, ALI, GAN, DiscriminatorWonWarning, differentiable_draw
 from pyro_vae.ais import ais
 from pyro_vae.checkpoint import load_checkpoint
@@ -70,20 +70,7 @@ def test_adversarial_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, 
     """Crash during epoch 3 of 4, resume: the VAE, the discriminator and both optimizers continue exactly."""
     full = fit(adversarial_config(tmp_path / "full", objective, epochs=4), progress=False)
 
-    import pyro_vae.train as train_module
-
-    real_metrics, calls = train_module.epoch_metrics, []
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # two calls per epoch: the 5th is epoch 3's
-            raise KeyboardInterrupt("simulated crash")
-        return real_metrics(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "epoch_metrics", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        fit(adversarial_config(tmp_path / "crashed", objective, epochs=4), progress=False)
-    monkeypatch.setattr(train_module, "epoch_metrics", real_metrics)
+    crash_in_epoch_3(adversarial_config(tmp_path / "crashed", objective, epochs=4), monkeypatch)
     assert load_checkpoint(tmp_path / "crashed")["epoch"] == 2
     resumed = fit(None, resume=tmp_path / "crashed", progress=False)
 

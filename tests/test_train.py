@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import crash_in_epoch_3, tiny_config
 from pyro_vae.checkpoint import CheckpointError, load_checkpoint
 from pyro_vae.config import ConfigError
 from pyro_vae.train import fit, load_run
@@ -40,20 +40,7 @@ def test_resume_after_crash_is_bit_identical(tmp_path, monkeypatch, extra):
     train = {"epochs": 4, "batch_size": 128, **sections.pop("train", {})}
     full = fit(tiny_config(tmp_path / "full", train=train, **sections), progress=False)
 
-    import pyro_vae.train as train_module
-
-    real_metrics, calls = train_module.epoch_metrics, []
-
-    def crash_in_epoch_3(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:  # two calls per epoch: the 5th is epoch 3's
-            raise KeyboardInterrupt("simulated crash")
-        return real_metrics(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "epoch_metrics", crash_in_epoch_3)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_config(tmp_path / "crashed", train=train, **sections), progress=False)
-    monkeypatch.setattr(train_module, "epoch_metrics", real_metrics)
+    crash_in_epoch_3(tiny_config(tmp_path / "crashed", train=train, **sections), monkeypatch)
     assert load_checkpoint(tmp_path / "crashed")["epoch"] == 2
     resumed = fit(None, resume=tmp_path / "crashed", progress=False)
 
