@@ -32,13 +32,14 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
-from torch import Tensor
+from torch import Tensor, nn
 
 from .likelihoods import Generic
+from .nets import MLPDecoder
 from .priors import prior_log_density
 
 __all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", "subsample_factor", "is_stock_vae", "use_fused", "fused_bernoulli",
-           "log_joint", "log_lik_blocks", "bernoulli_log_prob_pieces", "draw_log_weights",
+           "log_joint", "buffered_decoder", "log_lik_blocks", "bernoulli_log_prob_pieces", "draw_log_weights",
            "BLOCK_ELEMENTS", "PIECE_ELEMENTS", "PARTICLE_PLATE"]
 
 BLOCK_ELEMENTS = 2**22  # decoder outputs per fused block (16 MB): big enough for efficient matmuls, small in memory
@@ -203,20 +204,75 @@ def fused_bernoulli(vae: Any) -> bool:
     return isinstance(lik, Generic) and lik.plain_bernoulli and "decode" not in vae.overridden
 
 
+# Activations of a stock MLP decoder that the buffered decoder applies in place.
+IN_PLACE_ACTIVATIONS: dict[type, Callable[[Tensor], Tensor]] = {
+    nn.Tanh: Tensor.tanh_, nn.ReLU: Tensor.relu_, nn.Sigmoid: Tensor.sigmoid_,
+}
+
+
+def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[[Tensor], Tensor] | None:
+    """The stock MLP ``decoder`` as ``z (r, d) -> outputs (r, D)`` writing into reused buffers, or ``None``.
+
+    Evaluation calls the decoder hundreds of times on blocks of the same size. Here each
+    layer is ``torch.mm`` into a buffer allocated once, with the weight transposed once,
+    then the bias added and the activation applied in place. ``nn.Linear`` instead
+    allocates its output anew (16 MB for the last layer: fresh pages each block) and
+    copies the broadcast bias into it before an accumulating GEMM. Measured on the
+    IWAE-paper decoder, the three layers took 15-20% less time this way, on both torch
+    builds (``docs/benchmarks.md``). Buffered outputs are overwritten by the next call:
+    the caller must use them first. Only an exact :class:`~pyro_vae.nets.MLPDecoder` of
+    ``nn.Linear`` layers and :data:`IN_PLACE_ACTIVATIONS` qualifies; any other decoder
+    (a subclass, hooks, another activation) returns ``None`` and is called as it is.
+
+    Args:
+        decoder: The VAE's decoder module.
+        rows: The largest block it will be called on.
+        like: A tensor of the dtype and device to allocate.
+    """
+    if type(decoder) is not MLPDecoder or decoder._forward_hooks or decoder._forward_pre_hooks:
+        return None
+    layers = list(decoder.net)
+    plan = []
+    for i in range(0, len(layers), 2):
+        linear, act = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if type(linear) is not nn.Linear or linear.bias is None or linear._forward_hooks:
+            return None
+        if act is not None and type(act) not in IN_PLACE_ACTIVATIONS:
+            return None
+        weight_t = linear.weight.detach().t().contiguous()
+        out = like.new_empty(rows, weight_t.shape[1])
+        plan.append((weight_t, linear.bias.detach(), IN_PLACE_ACTIVATIONS.get(type(act)), out))
+
+    def run(z: Tensor) -> Tensor:
+        h = z
+        for weight_t, bias, act, buffer in plan:
+            out = buffer[: h.shape[0]]
+            torch.mm(h, weight_t, out=out)
+            out += bias
+            if act is not None:
+                act(out)
+            h = out
+        return h
+
+    return run
+
+
 def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     """``log p(x_i | z_ki)`` of shape ``(k, B)`` for ``z`` of shape ``(k, B, d)``, in blocks.
 
     Decoding per block of about :data:`BLOCK_ELEMENTS` outputs keeps memory small (the
     chunk's decoder output never exists at once) while the matmuls stay large. A
-    Bernoulli is scored as ``x·l - softplus(l)`` with logits ``l``: one matrix-vector
-    product and one softplus pass, where torch's ``binary_cross_entropy_with_logits``
-    makes four full-size temporaries.
+    Bernoulli is scored from its logits ``l`` as ``x·l - softplus(l)`` in place on the
+    decoder's own buffer (:func:`buffered_decoder`), where torch's
+    ``binary_cross_entropy_with_logits`` makes four full-size temporaries. Must run
+    under ``torch.no_grad()``.
     """
     k, b = z.shape[:2]
     fused = fused_bernoulli(vae)
     width = getattr(vae.likelihood, "num_params", 1) * vae.num_dims
     rows = max(1, BLOCK_ELEMENTS // width)
     points, samples = max(1, rows // k), min(k, rows)
+    decoder = buffered_decoder(vae.decoder, points * samples, z) if fused else None
     # (B, k, d), contiguous: a block is a few points times a run of their draws. A strided
     # slice would reach the decoder's matmul with a huge leading dimension, 20x slower.
     zt = z.transpose(0, 1).contiguous()
@@ -227,7 +283,11 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
         for s0 in range(0, k, samples):
             s1 = min(k, s0 + samples)
             zb = zt[i0:i1, s0:s1].contiguous()
-            if fused:
+            if decoder is not None:
+                logits = decoder(zb.reshape(-1, zb.shape[-1])).view(i1 - i0, s1 - s0, -1)
+                out[i0:i1, s0:s1] = bernoulli_log_prob_pieces(logits, x_flat[i0:i1], overwrite=True)
+            elif fused:
+                # A user's decoder may return a view of something it keeps: never overwrite it.
                 logits = vae.decoder(zb).reshape(i1 - i0, s1 - s0, -1)
                 out[i0:i1, s0:s1] = bernoulli_log_prob_pieces(logits, x_flat[i0:i1])
             else:
@@ -235,7 +295,7 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     return out.T
 
 
-def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor) -> Tensor:
+def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False) -> Tensor:
     """``sum_j x_j l_j - softplus(l_j)``: logits ``(p, s, D)`` of ``p`` points ``x`` ``(p, D)`` -> ``(p, s)``.
 
     ``softplus(l) = l/2 + |l|/2 - log(sigmoid(|l|))``, so the sum is
@@ -246,6 +306,7 @@ def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor) -> Tensor:
     Pieces of :data:`PIECE_ELEMENTS` keep the passes in cache, and cover several points at
     once when ``D`` is small, so there are few ops to launch. ``sigmoid(|l|)`` rounds to 1
     once ``exp(-|l|) < 6e-8``: at most 5e-5 nats over 784 pixels, far below any Monte Carlo error.
+    ``overwrite=True`` works in ``logits`` itself (they are destroyed): no temporary at all.
     """
     p, s, d = logits.shape
     rows = max(1, PIECE_ELEMENTS // d)
@@ -256,7 +317,7 @@ def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor) -> Tensor:
         for t0 in range(0, s, samples):
             piece = logits[j0 : j0 + points, t0 : t0 + samples]
             value = torch.bmm(piece, centred[j0 : j0 + points]).squeeze(-1)
-            magnitude = piece.abs()
+            magnitude = piece.abs_() if overwrite else piece.abs()
             value -= 0.5 * magnitude.sum(-1)
             value += magnitude.sigmoid_().log_().sum(-1)  # -log(1 + exp(-|l|)); sigmoid(|l|) is in [0.5, 1)
             out[j0 : j0 + points, t0 : t0 + samples] = value
@@ -276,8 +337,10 @@ def draw_log_weights(vae: Any, x: Tensor, k: int, q: Any, prior: Any, fused: boo
     # the noise at hand, log q(z|x) needs no (z - loc)² pass over the draws.
     loc, scale = q.base_dist.loc, q.base_dist.scale
     eps = torch.empty((k, *loc.shape), dtype=loc.dtype, device=loc.device).normal_()
-    z = loc + eps * scale
-    log_q = -0.5 * eps.pow(2).sum(-1) - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+    # A batched dot product: no (k, B, d) temporary of squares.
+    squares = torch.linalg.vecdot(eps, eps)
+    log_q = -0.5 * squares - scale.log().sum(-1) - 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+    z = eps.mul_(scale).add_(loc)  # in place, the same two roundings as ``loc + eps * scale``
     log_lik = log_lik_blocks(vae, z, x)
     return log_lik, log_lik + prior_log_density(vae._modules["prior"], z, prior) - log_q
 

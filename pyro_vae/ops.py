@@ -2,17 +2,19 @@
 
 ``sum_j x_j l_j - softplus(l_j)`` is what ``Bernoulli(logits=l).log_prob(x).sum(-1)``
 computes, but autograd through that expression saves a tensor per elementary op and
-expands ``x`` to the logits' shape. Here the forward pass is torch's own ``softplus``
-kernel and the backward pass is the closed form ``x - sigmoid(l)``: two saved tensors,
-``x`` broadcast, not copied, over a leading particle dim.
+expands ``x`` to the logits' shape. Here the backward pass is the closed form
+``x - sigmoid(l)``: two saved tensors, ``x`` broadcast, not copied, over a leading
+particle dim.
 
-Why only torch's kernels: an earlier version also rebuilt ``softplus``, ``log1p`` and
-``tanh`` from ``exp``, ``log`` and ``sigmoid``, which was faster on the CPU it was
-measured on. On the CPU the project now benchmarks on, with both torch 2.14.1 and
-2.15.0, torch's ``log1p`` and ``tanh`` are vectorized and the rebuilt versions were 2-4x
-*slower*, forward and backward (``docs/benchmarks.md``, "Both torch builds side by side").
-Which composition of kernels wins depends on the CPU and the build; torch's own kernels
-are the choice that is never far off.
+The forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``, so the sum is
+``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, the
+same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`.
+``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 12-23% slower end to
+end, on torch 2.14.1 and 2.15.0 alike (``docs/benchmarks.md``, "Both torch builds side by
+side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``;
+on this CPU torch vectorizes those two, and the rebuilt versions were 2-4x *slower*.
+Which composition of kernels wins depends on the CPU and the build, so each choice here
+was measured end to end on both builds.
 
 Example:
     >>> logits, x = torch.randn(4, 3, 5), torch.randint(0, 2, (3, 5)).float()
@@ -24,7 +26,6 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["bernoulli_log_prob"]
@@ -34,8 +35,12 @@ class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(logits, x)
-        # Two reductions rather than the reduction of a difference: one full-size pass fewer.
-        return (logits * x).sum(-1).sub_(F.softplus(logits).sum(-1))
+        magnitude = logits.abs()
+        value = (logits * (x - 0.5)).sum(-1)
+        value -= 0.5 * magnitude.sum(-1)
+        # -log(1 + exp(-|l|)); sigmoid(|l|) is in [0.5, 1), so its log is finite for any logit.
+        value += magnitude.sigmoid_().log_().sum(-1)
+        return value
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
