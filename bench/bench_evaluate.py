@@ -8,9 +8,12 @@ all 10 000 images at K=5000 to measure the memory of the issue's stated setting.
 Each evaluation runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is
 its own and not the training's. Throughput is the decoder's FLOPs,
 ``2 * rows * (50*200 + 200*200 + 200*784)`` with ``rows = N * K``, over the wall time
-of the whole evaluation (encoder, sampling, log-densities and PSIS included), divided
-by the best float32 ``torch.mm`` rate of 2048x2048 matrices measured in the same
-process. This machine is shared, so both rates are measured repeatedly (best of).
+of the evaluation (encoder, sampling, log-densities and PSIS included), divided by the
+float32 ``torch.mm`` rate of 2048x2048 matrices measured in the same process. Two
+figures: the whole 2000-point evaluation against the *best* matmul rate seen before and
+after it (the figure of earlier reports), and the goal's figure, side by side: the median
+over ``--repeats`` evaluations of 100 points of each one's rate divided by the *median*
+matmul rate measured just before and after it (:func:`paired_ratios`).
 
 Usage:
     python bench/bench_evaluate.py [--data ../shared/data/mnist] [--epochs 5] [--samples 5000]
@@ -24,6 +27,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -39,17 +43,45 @@ DECODER_FLOPS_PER_ROW = 2 * (50 * 200 + 200 * 200 + 200 * 784)
 K_LIST = (1, 10, 100, 1000, 5000)
 
 
-def matmul_peak(threads: int, repeats: int = 10, n: int = 2048) -> float:
-    """Best float32 GFLOP/s of an n x n matmul over ``repeats`` tries."""
+def matmul_rates(threads: int, repeats: int = 10, n: int = 2048) -> list[float]:
+    """Float32 GFLOP/s of each of ``repeats`` n x n matmuls (after one warm-up)."""
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = 0.0
+    rates = []
     for _ in range(repeats):
         tic = time.perf_counter()
         torch.mm(a, b)
-        best = max(best, 2 * n**3 / (time.perf_counter() - tic) / 1e9)
-    return best
+        rates.append(2 * n**3 / (time.perf_counter() - tic) / 1e9)
+    return rates
+
+
+def matmul_peak(threads: int, repeats: int = 10, n: int = 2048, statistic: str = "best") -> float:
+    """The ``"best"`` or the ``"median"`` of :func:`matmul_rates`."""
+    rates = matmul_rates(threads, repeats, n)
+    return max(rates) if statistic == "best" else statistics.median(rates)
+
+
+def paired_ratios(fn, work_flops: float, threads: int, repeats: int) -> dict:
+    """Side-by-side repeats: each times ``fn`` between two median matmul-peak measurements.
+
+    This machine is shared (its steal time reached 40%), so a rate measured over minutes
+    against the *best* matmul burst mixes two conditions. Each repeat here divides its own
+    rate by the median peak measured just before and after it; the figure is the median
+    of those ratios.
+    """
+    ratios, seconds, peaks = [], [], []
+    for _ in range(repeats):
+        before = matmul_peak(threads, statistic="median")
+        tic = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - tic
+        peak = (before + matmul_peak(threads, statistic="median")) / 2
+        ratios.append(work_flops / elapsed / 1e9 / peak)
+        seconds.append(elapsed)
+        peaks.append(peak)
+    return {"ratio_median": statistics.median(ratios), "ratios": ratios, "seconds": seconds,
+            "median_peak_gflops": peaks, "repeats": repeats}
 
 
 def config(data_root: str, epochs: int) -> dict:
@@ -60,7 +92,7 @@ def config(data_root: str, epochs: int) -> dict:
     }
 
 
-def eval_worker(state_path: str, which: str, samples: int, threads: int, profile: bool) -> dict:
+def eval_worker(state_path: str, which: str, samples: int, threads: int, profile: bool, repeats: int = 0) -> dict:
     """Runs in a fresh process: load the model and data, evaluate, report time and memory."""
     import pyro
 
@@ -101,7 +133,14 @@ def eval_worker(state_path: str, which: str, samples: int, threads: int, profile
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     peak = max(peak_before, matmul_peak(threads))
     gflops = DECODER_FLOPS_PER_ROW * len(x) * samples / seconds / 1e9
-    return {"points": len(x), "samples": samples, "seconds": seconds, "decoder_gflops": gflops,
+    side_by_side = None
+    if repeats:
+        # The repeats score 100-point slices of the same points (seeded apart), as the whole evaluation does.
+        per = 100
+        side_by_side = paired_ratios(
+            lambda: evaluate(vae, x[:per], num_samples=samples, k_list=K_LIST, levels=transform.density_levels,
+                             seed=1), DECODER_FLOPS_PER_ROW * per * samples, threads, repeats)
+    return {"side_by_side": side_by_side, "points": len(x), "samples": samples, "seconds": seconds, "decoder_gflops": gflops,
             "matmul_peak_gflops": peak, "ratio": gflops / peak, "rss_before_mib": rss_before,
             "peak_rss_mib": rss_after, "rss_delta_mib": rss_after - rss_before,
             "load_average_1min": [load_before, os.getloadavg()[0]],
@@ -121,6 +160,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-full", action="store_true", help="skip evaluating all 10 000 images")
     parser.add_argument("--profile", action="store_true", help="cProfile the 2000-point evaluation")
+    parser.add_argument("--repeats", type=int, default=9,
+                        help="side-by-side repeats (100 points each) for the paired-median throughput ratio")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "evaluate.json"))
     args = parser.parse_args()
 
@@ -135,7 +176,7 @@ def main() -> None:
 
         state_path = str(Path(tmp) / "model.pt")
         torch.save({"config": asdict(result.config), "model": result.vae.state_dict()}, state_path)
-        test = run_worker(state_path, "test", args.samples, args.threads, args.profile)
+        test = run_worker(state_path, "test", args.samples, args.threads, args.profile, args.repeats)
         full = None if args.skip_full else run_worker(state_path, "all", args.samples, args.threads, False)
 
     print(f"\nIWAE-paper VAE (784-200-200-50 tanh, Bernoulli), MNIST-10k, {args.epochs} epochs "
@@ -150,9 +191,16 @@ def main() -> None:
             print(f"{name:<26}{r['seconds']:>8.1f}{r['decoder_gflops']:>9.1f}{r['matmul_peak_gflops']:>9.1f}"
                   f"{r['ratio']:>7.2f}{r['peak_rss_mib']:>14.0f}{r['rss_delta_mib']:>11.0f}{load:>15}")
     print(f"(this machine has {os.cpu_count()} CPUs; a load above that means other processes shared them)")
+    paired = test["side_by_side"]
+    if paired:
+        print(f"side by side, {paired['repeats']} repeats of 100 points at K={args.samples}: median ratio to the "
+              f"median matmul peak {paired['ratio_median']:.3f} (range {min(paired['ratios']):.3f}-"
+              f"{max(paired['ratios']):.3f})")
     if test["profile"]:
         print("\ncProfile (2000 points, by own time):\n" + test["profile"])
-    goals = {"ratio_goal": 0.5, "ratio_met": test["ratio"] >= 0.5,
+    # The goal is judged on the side-by-side median when it was measured (see paired_ratios).
+    judged = paired["ratio_median"] if paired else test["ratio"]
+    goals = {"ratio_goal": 0.5, "ratio_judged": judged, "ratio_met": judged >= 0.5,
              "memory_goal_gib": 2.0, "memory_met": None if full is None else full["peak_rss_mib"] / 1024 <= 2.0}
     print(f"goals: throughput ratio >= 0.5: {goals['ratio_met']}; "
           f"10k x K=5000 peak RSS <= 2 GiB: {goals['memory_met']}")

@@ -210,19 +210,22 @@ IN_PLACE_ACTIVATIONS: dict[type, Callable[[Tensor], Tensor]] = {
 }
 
 
-def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[[Tensor], Tensor] | None:
+def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[..., Tensor] | None:
     """The stock MLP ``decoder`` as ``z (r, d) -> outputs (r, D)`` writing into reused buffers, or ``None``.
 
     Evaluation calls the decoder hundreds of times on blocks of the same size. Here each
     layer is ``torch.mm`` into a buffer allocated once, with the weight transposed once,
     then the bias added and the activation applied in place. ``nn.Linear`` instead
     allocates its output anew (16 MB for the last layer: fresh pages each block) and
-    copies the broadcast bias into it before an accumulating GEMM. Measured on the
-    IWAE-paper decoder, the three layers took 15-20% less time this way, on both torch
-    builds (``docs/benchmarks.md``). Buffered outputs are overwritten by the next call:
-    the caller must use them first. Only an exact :class:`~pyro_vae.nets.MLPDecoder` of
-    ``nn.Linear`` layers and :data:`IN_PLACE_ACTIVATIONS` qualifies; any other decoder
-    (a subclass, hooks, another activation) returns ``None`` and is called as it is.
+    copies the broadcast bias into it before an accumulating GEMM. Buffered outputs are
+    overwritten by the next call: the caller must use them first. Only an exact
+    :class:`~pyro_vae.nets.MLPDecoder` of ``nn.Linear`` layers and
+    :data:`IN_PLACE_ACTIVATIONS` qualifies; any other decoder (a subclass, hooks, another
+    activation) returns ``None`` and is called as it is.
+
+    The returned callable takes ``last_bias=False`` to leave the last layer's bias out,
+    for a caller that adds it later piece by piece while the piece is in cache (a pass
+    over the whole 16 MB block runs at memory speed); the bias is its ``last_bias``.
 
     Args:
         decoder: The VAE's decoder module.
@@ -243,17 +246,19 @@ def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[[Tensor]
         out = like.new_empty(rows, weight_t.shape[1])
         plan.append((weight_t, linear.bias.detach(), IN_PLACE_ACTIVATIONS.get(type(act)), out))
 
-    def run(z: Tensor) -> Tensor:
+    def run(z: Tensor, last_bias: bool = True) -> Tensor:
         h = z
-        for weight_t, bias, act, buffer in plan:
+        for layer, (weight_t, bias, act, buffer) in enumerate(plan):
             out = buffer[: h.shape[0]]
             torch.mm(h, weight_t, out=out)
-            out += bias
+            if last_bias or layer < len(plan) - 1:
+                out += bias
             if act is not None:
                 act(out)
             h = out
         return h
 
+    run.last_bias = plan[-1][1]  # type: ignore[attr-defined]
     return run
 
 
@@ -284,8 +289,9 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
             s1 = min(k, s0 + samples)
             zb = zt[i0:i1, s0:s1].contiguous()
             if decoder is not None:
-                logits = decoder(zb.reshape(-1, zb.shape[-1])).view(i1 - i0, s1 - s0, -1)
-                out[i0:i1, s0:s1] = bernoulli_log_prob_pieces(logits, x_flat[i0:i1], overwrite=True)
+                logits = decoder(zb.reshape(-1, zb.shape[-1]), last_bias=False).view(i1 - i0, s1 - s0, -1)
+                out[i0:i1, s0:s1] = bernoulli_log_prob_pieces(logits, x_flat[i0:i1], overwrite=True,
+                                                              bias=decoder.last_bias)
             elif fused:
                 # A user's decoder may return a view of something it keeps: never overwrite it.
                 logits = vae.decoder(zb).reshape(i1 - i0, s1 - s0, -1)
@@ -295,7 +301,7 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     return out.T
 
 
-def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False) -> Tensor:
+def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False, bias: Tensor | None = None) -> Tensor:
     """``sum_j x_j l_j - softplus(l_j)``: logits ``(p, s, D)`` of ``p`` points ``x`` ``(p, D)`` -> ``(p, s)``.
 
     ``softplus(l) = l/2 + |l|/2 - log(sigmoid(|l|))``, so the sum is
@@ -307,6 +313,8 @@ def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False
     once when ``D`` is small, so there are few ops to launch. ``sigmoid(|l|)`` rounds to 1
     once ``exp(-|l|) < 6e-8``: at most 5e-5 nats over 784 pixels, far below any Monte Carlo error.
     ``overwrite=True`` works in ``logits`` itself (they are destroyed): no temporary at all.
+    ``bias`` ``(D,)``, if given, is added to the logits first, piece by piece: the logits
+    are ``logits + bias``.
     """
     p, s, d = logits.shape
     rows = max(1, PIECE_ELEMENTS // d)
@@ -316,8 +324,10 @@ def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False
     for j0 in range(0, p, points):
         for t0 in range(0, s, samples):
             piece = logits[j0 : j0 + points, t0 : t0 + samples]
+            if bias is not None:
+                piece = piece.add_(bias) if overwrite else piece + bias
             value = torch.bmm(piece, centred[j0 : j0 + points]).squeeze(-1)
-            magnitude = piece.abs_() if overwrite else piece.abs()
+            magnitude = piece.abs_() if overwrite or bias is not None else piece.abs()
             value -= 0.5 * magnitude.sum(-1)
             value += magnitude.sigmoid_().log_().sum(-1)  # -log(1 + exp(-|l|)); sigmoid(|l|) is in [0.5, 1)
             out[j0 : j0 + points, t0 : t0 + samples] = value

@@ -64,3 +64,16 @@ def test_overwriting_score_destroys_only_its_own_logits():
     assert torch.equal(logits, kept)  # the default leaves the logits alone
     torch.testing.assert_close(bernoulli_log_prob_pieces(logits, x, overwrite=True), ref, atol=1e-4, rtol=1e-5)
     assert not torch.equal(logits, kept)
+
+
+def test_deferred_last_bias_is_added_piece_by_piece():
+    torch.manual_seed(3)
+    decoder = MLPDecoder(4, 10, hidden=(6,), activation="tanh")
+    run = buffered_decoder(decoder, rows=12, like=torch.zeros(()))
+    z, x = torch.randn(12, 4), (torch.rand(3, 10) < 0.5).float()
+    with torch.no_grad():
+        ref = torch.distributions.Bernoulli(logits=decoder(z).view(3, 4, 10)).log_prob(x.unsqueeze(1)).sum(-1)
+        unbiased = run(z, last_bias=False)
+        torch.testing.assert_close(unbiased + run.last_bias, decoder(z), atol=1e-6, rtol=1e-5)
+        scored = bernoulli_log_prob_pieces(unbiased.view(3, 4, 10), x, overwrite=True, bias=run.last_bias)
+    torch.testing.assert_close(scored, ref, atol=1e-4, rtol=1e-5)
