@@ -6,12 +6,13 @@ expands ``x`` to the logits' shape. Here the backward pass is the closed form
 ``x - sigmoid(l)``: two saved tensors, ``x`` broadcast, not copied, over a leading
 particle dim.
 
-The forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``, so the sum is
-``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, the
-same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`.
-``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 12-23% slower end to
-end, on torch 2.14.1 and 2.15.0 alike (``docs/benchmarks.md``, "Both torch builds side by
-side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``;
+On large inputs the forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``,
+so the sum is ``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and
+``log``, the same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`.
+There ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12% slower end
+to end, on torch 2.14.1 and 2.15.0 alike; on a training batch it was the faster of the two
+by 4%, so below :data:`SOFTPLUS_BELOW` logits it is kept (``docs/benchmarks.md``, "Both
+torch builds side by side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``;
 on this CPU torch vectorizes those two, and the rebuilt versions were 2-4x *slower*.
 Which composition of kernels wins depends on the CPU and the build, so each choice here
 was measured end to end on both builds.
@@ -26,15 +27,24 @@ Example:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bernoulli_log_prob"]
+__all__ = ["bernoulli_log_prob", "SOFTPLUS_BELOW"]
+
+# Below this many logits the forward pass takes F.softplus: at a training batch (100 x 784)
+# the three-kernel form made a training step 4% slower on both torch builds, while at the
+# AIS shape (800-1600 x 784) it made AIS 10-12% faster (docs/benchmarks.md).
+SOFTPLUS_BELOW = 2**18
 
 
 class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(logits, x)
+        if logits.numel() < SOFTPLUS_BELOW:
+            # Two reductions rather than the reduction of a difference: one full-size pass fewer.
+            return (logits * x).sum(-1).sub_(F.softplus(logits).sum(-1))
         magnitude = logits.abs()
         value = (logits * (x - 0.5)).sum(-1)
         value -= 0.5 * magnitude.sum(-1)
