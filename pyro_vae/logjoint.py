@@ -232,13 +232,13 @@ def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[..., Ten
         rows: The largest block it will be called on.
         like: A tensor of the dtype and device to allocate.
     """
-    if type(decoder) is not MLPDecoder or decoder._forward_hooks or decoder._forward_pre_hooks:
+    if type(decoder) is not MLPDecoder or any(m._forward_hooks or m._forward_pre_hooks for m in decoder.modules()):
         return None
     layers = list(decoder.net)
     plan = []
     for i in range(0, len(layers), 2):
         linear, act = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        if type(linear) is not nn.Linear or linear.bias is None or linear._forward_hooks:
+        if type(linear) is not nn.Linear or linear.bias is None:
             return None
         if act is not None and type(act) not in IN_PLACE_ACTIVATIONS:
             return None

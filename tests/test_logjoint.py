@@ -39,6 +39,9 @@ def test_other_decoders_are_called_as_they_are():
     hooked = MLPDecoder(3, 4, hidden=(5,))
     hooked.register_forward_hook(lambda module, args, out: out * 2)
     assert buffered_decoder(hooked, 8, like) is None
+    inner = MLPDecoder(3, 4, hidden=(5,))
+    inner.net[1].register_forward_pre_hook(lambda module, args: None)  # a hook on the activation
+    assert buffered_decoder(inner, 8, like) is None
     assert buffered_decoder(nn.Linear(3, 4), 8, like) is None
 
 
