@@ -21,8 +21,10 @@ layer, backward counted as twice the forward), 6 * 206 800 = 1.24 MFLOP for 50-2
 The chains only need the gradient in ``z``, not in the weights, so the work actually done is
 nearer ``2 * 2 * sum(in * out)``; ``fraction_executed`` reports that variant too. The
 fraction divides the achieved rate by the best float32 2048x2048 ``torch.mm`` rate measured
-in the same process with the same threads just before and after the stage (best of both;
-``bench_evaluate.matmul_peak``). Importance sampling is forward only: ``2 * sum(in * out)``.
+in the same process with the same threads just before and after each chunk (best of all;
+``bench_evaluate.between_peaks``). The ``side_by_side`` fractions, on which the goal is
+judged, divide each chunk's rate by the median rate measured beside that chunk, and take
+the median over chunks. Importance sampling is forward only: ``2 * sum(in * out)``.
 Encoder work, Bernoulli log-densities and elementwise work are not counted.
 
 The machine may be shared: every stage records ``os.getloadavg()`` before and after.
@@ -50,7 +52,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import torch
 import statistics
 
-from bench_evaluate import matmul_rates
+from bench_evaluate import between_peaks
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 RUN_DIR = Path("~/.cache/pyro_vae/bench_mnist/elbo").expanduser()
@@ -125,15 +127,9 @@ class Store:
 
 def timed(fn, threads: int) -> tuple[object, dict]:
     """Run ``fn`` between two matmul-peak measurements; the context of the timing."""
-    rates0, load0 = matmul_rates(threads), load()
-    tic = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - tic
-    load1, rates1 = load(), matmul_rates(threads)
-    peak0, peak1 = max(rates0), max(rates1)
-    return out, {"seconds": seconds, "peak_gflops": max(peak0, peak1), "peak_gflops_before_after": [peak0, peak1],
-                 "peak_gflops_median": (statistics.median(rates0) + statistics.median(rates1)) / 2,
-                 "load_before": load0, "load_after": load1}
+    load0 = load()
+    out, context = between_peaks(fn, threads)
+    return out, {**context, "load_before": load0, "load_after": load()}
 
 
 def chunks(n: int, size: int):

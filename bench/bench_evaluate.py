@@ -56,32 +56,40 @@ def matmul_rates(threads: int, repeats: int = 10, n: int = 2048) -> list[float]:
     return rates
 
 
-def matmul_peak(threads: int, repeats: int = 10, n: int = 2048, statistic: str = "best") -> float:
-    """The ``"best"`` or the ``"median"`` of :func:`matmul_rates`."""
-    rates = matmul_rates(threads, repeats, n)
-    return max(rates) if statistic == "best" else statistics.median(rates)
+def matmul_peak(threads: int, repeats: int = 10, n: int = 2048) -> float:
+    """The best of :func:`matmul_rates`."""
+    return max(matmul_rates(threads, repeats, n))
+
+
+def between_peaks(fn, threads: int) -> tuple[object, dict]:
+    """Run ``fn`` between two :func:`matmul_rates` measurements: its result and the timing's context.
+
+    The context has the ``seconds``, the best rate of either side (``peak_gflops``, and
+    both in ``peak_gflops_before_after``) and the mean of the two sides' medians
+    (``peak_gflops_median``), the denominator of the side-by-side figures.
+    """
+    before = matmul_rates(threads)
+    tic = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - tic
+    after = matmul_rates(threads)
+    return out, {"seconds": seconds, "peak_gflops": max(before + after),
+                 "peak_gflops_before_after": [max(before), max(after)],
+                 "peak_gflops_median": (statistics.median(before) + statistics.median(after)) / 2}
 
 
 def paired_ratios(fn, work_flops: float, threads: int, repeats: int) -> dict:
-    """Side-by-side repeats: each times ``fn`` between two median matmul-peak measurements.
+    """Side-by-side repeats: each times ``fn`` between two matmul-peak measurements.
 
     This machine is shared (its steal time reached 40%), so a rate measured over minutes
     against the *best* matmul burst mixes two conditions. Each repeat here divides its own
     rate by the median peak measured just before and after it; the figure is the median
     of those ratios.
     """
-    ratios, seconds, peaks = [], [], []
-    for _ in range(repeats):
-        before = matmul_peak(threads, statistic="median")
-        tic = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - tic
-        peak = (before + matmul_peak(threads, statistic="median")) / 2
-        ratios.append(work_flops / elapsed / 1e9 / peak)
-        seconds.append(elapsed)
-        peaks.append(peak)
-    return {"ratio_median": statistics.median(ratios), "ratios": ratios, "seconds": seconds,
-            "median_peak_gflops": peaks, "repeats": repeats}
+    contexts = [between_peaks(fn, threads)[1] for _ in range(repeats)]
+    ratios = [work_flops / c["seconds"] / 1e9 / c["peak_gflops_median"] for c in contexts]
+    return {"ratio_median": statistics.median(ratios), "ratios": ratios, "seconds": [c["seconds"] for c in contexts],
+            "median_peak_gflops": [c["peak_gflops_median"] for c in contexts], "repeats": repeats}
 
 
 def config(data_root: str, epochs: int) -> dict:

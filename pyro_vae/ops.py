@@ -11,7 +11,7 @@ so the sum is ``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``si
 ``log``, the same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`.
 There ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12% slower end
 to end, on torch 2.14.1 and 2.15.0 alike; on a training batch it was the faster of the two
-by 4%, so below :data:`SOFTPLUS_BELOW` logits it is kept (``docs/benchmarks.md``, "Both
+by 2-5%, so below :data:`SOFTPLUS_BELOW` logits it is kept (``docs/benchmarks.md``, "Both
 torch builds side by side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``;
 on this CPU torch vectorizes those two, and the rebuilt versions were 2-4x *slower*.
 Which composition of kernels wins depends on the CPU and the build, so each choice here
@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bernoulli_log_prob", "SOFTPLUS_BELOW"]
+__all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "SOFTPLUS_BELOW"]
 
 # Below this many logits the forward pass takes F.softplus: at a training batch (100 x 784)
-# the three-kernel form made a training step 4% slower on both torch builds, while at the
-# AIS shape (800-1600 x 784) it made AIS 10-12% faster (docs/benchmarks.md).
+# the three-kernel form made a training step 2-5% slower on the two torch builds, while at
+# AIS's 1600 x 784 (16 chains x 100 points) it made AIS 10-12% faster (docs/benchmarks.md).
 SOFTPLUS_BELOW = 2**18
 
 
@@ -45,12 +45,7 @@ class _BernoulliLogProb(torch.autograd.Function):
         if logits.numel() < SOFTPLUS_BELOW:
             # Two reductions rather than the reduction of a difference: one full-size pass fewer.
             return (logits * x).sum(-1).sub_(F.softplus(logits).sum(-1))
-        magnitude = logits.abs()
-        value = (logits * (x - 0.5)).sum(-1)
-        value -= 0.5 * magnitude.sum(-1)
-        # -log(1 + exp(-|l|)); sigmoid(|l|) is in [0.5, 1), so its log is finite for any logit.
-        value += magnitude.sigmoid_().log_().sum(-1)
-        return value
+        return subtract_softplus_tail((logits * (x - 0.5)).sum(-1), logits)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
@@ -61,6 +56,26 @@ class _BernoulliLogProb(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_x = (logits * grad.unsqueeze(-1)).sum_to_size(x.shape)
         return grad_logits, grad_x
+
+
+def subtract_softplus_tail(value: Tensor, logits: Tensor, overwrite: bool = False) -> Tensor:
+    """``value - sum_j (softplus(l_j) - l_j / 2)`` over the last dim of ``logits``, in place on ``value``.
+
+    ``softplus(l) - l/2 = |l|/2 - log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, each
+    exact for any logit (``sigmoid(|l|)`` is in ``[0.5, 1)``). With ``value = (x - 1/2)·l`` the
+    result is the Bernoulli log-density. ``overwrite=True`` works in ``logits`` itself (they
+    are destroyed), with no temporary.
+
+    Example:
+        >>> l = torch.tensor([[-3.0, 0.5, 4.0]])
+        >>> tail = subtract_softplus_tail(torch.zeros(1), l)
+        >>> bool(torch.allclose(tail, -(F.softplus(l) - l / 2).sum(-1)))
+        True
+    """
+    magnitude = logits.abs_() if overwrite else logits.abs()
+    value -= 0.5 * magnitude.sum(-1)
+    value += magnitude.sigmoid_().log_().sum(-1)  # -log(1 + exp(-|l|))
+    return value
 
 
 def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
