@@ -21,12 +21,14 @@ import torch  # noqa: F401 - the module docstring's example uses it
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .ops import Softplus
+
 __all__ = ["ENCODERS", "DECODERS", "ACTIVATIONS", "NETS", "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder", "make_encoder", "make_decoder"]
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "tanh": nn.Tanh,
-    "softplus": nn.Softplus,
+    "softplus": Softplus,  # nn.Softplus, from faster kernels (pyro_vae.ops.Softplus)
     "elu": nn.ELU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,

@@ -1,4 +1,7 @@
-"""The Bernoulli log-density of decoder logits, with a backward pass of its own.
+"""Elementwise kernels composed for speed: the Bernoulli log-density of decoder logits, and softplus.
+
+:class:`Softplus` is the ``softplus`` activation of pyro_vae's nets, from ``sigmoid`` and
+``log`` kernels, which torch vectorizes better than its own ``log1p``-of-``exp`` softplus.
 
 ``sum_j x_j l_j - softplus(l_j)`` is what ``Bernoulli(logits=l).log_prob(x).sum(-1)``
 computes, but autograd through that expression saves a tensor per elementary op and
@@ -28,9 +31,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "SOFTPLUS_BELOW"]
+__all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "Softplus", "SOFTPLUS_BELOW"]
 
 # Below this many logits the forward pass takes F.softplus: at a training batch (100 x 784)
 # the three-kernel form made a training step 2-5% slower on the two torch builds, while at
@@ -91,3 +94,47 @@ def bernoulli_log_prob(logits: Tensor, x: Tensor) -> Tensor:
         The log-density summed over ``D``, of the broadcast batch shape.
     """
     return _BernoulliLogProb.apply(logits, x)
+
+
+class _Softplus(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        # softplus(x) = max(x, 0) - log(sigmoid(|x|)); sigmoid(|x|) is in [0.5, 1), so the log is exact
+        # and only rounds to 0 (an error below 4e-8) once |x| > 17, as torch's own threshold does at 20.
+        return torch.clamp_min(x, 0).sub_(x.abs().sigmoid_().log_())
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable product (sigmoid's backward needs its output)
+            return torch.sigmoid(x) * grad
+        return torch.sigmoid(x).mul_(grad)
+
+
+class Softplus(nn.Softplus):
+    """``nn.Softplus`` that computes ``log(1 + e^x)`` from ``sigmoid`` and ``log`` kernels.
+
+    torch's softplus kernel (``log1p`` of ``exp``) runs at 5 ns per element on torch 2.14.1
+    and 3.5 on 2.15.0 (2 threads, AVX512), where ``abs``, ``sigmoid`` and ``log`` together
+    take under 2: forward and backward of a 256 x 400 hidden layer 2.4x and 1.6x faster. It
+    was 17% and 11% of a training epoch of the 784-400-50 softplus VAE (``docs/benchmarks.md``).
+    The values agree with ``F.softplus`` to float32 rounding; the gradient is ``sigmoid(x)``
+    as there, and differentiable again under ``create_graph=True``. Any ``beta`` or
+    ``threshold`` other than the defaults, and float16/bfloat16 inputs (autocast), take
+    ``nn.Softplus``'s own path.
+
+    Example:
+        >>> x = torch.linspace(-30, 30, 7, requires_grad=True)
+        >>> y = Softplus()(x)
+        >>> bool(torch.allclose(y, F.softplus(x), atol=1e-6))
+        True
+        >>> y.sum().backward()
+        >>> bool(torch.allclose(x.grad, torch.sigmoid(x)))
+        True
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.beta != 1.0 or self.threshold < 17.0 or x.dtype not in (torch.float32, torch.float64):
+            return super().forward(x)
+        return _Softplus.apply(x)

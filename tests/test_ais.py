@@ -161,8 +161,11 @@ def test_fused_and_trace_paths_take_the_same_draws_and_agree(init):
     kw = dict(steps=30, chains=3, leapfrog=3, batch_size=4, seed=5, init=init)
     fused, trace = ais(vae, x, method="fused", **kw), ais(vae, x, method="trace", **kw)
     assert (fused.method, trace.method) == ("fused", "trace")
-    for key in ("log_weights", "log_px", "mc_se", "accept_rate", "step_size"):
+    for key in ("log_weights", "log_px", "accept_rate", "step_size"):
         torch.testing.assert_close(getattr(fused, key), getattr(trace, key), rtol=1e-6, atol=1e-6)
+    # The standard error is a spread of float32 log-weights near -120: their rounding (2e-5 here,
+    # the paths sum in different orders) enters it undivided, not relative to 120.
+    torch.testing.assert_close(fused.mc_se, trace.mc_se, rtol=0, atol=2e-5)
 
 
 @pytest.mark.parametrize("method", ["fused", "trace"])
