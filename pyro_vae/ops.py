@@ -9,15 +9,16 @@ expands ``x`` to the logits' shape. Here the backward pass is the closed form
 ``x - sigmoid(l)``: two saved tensors, ``x`` broadcast, not copied, over a leading
 particle dim.
 
-On large inputs the forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``,
-so the sum is ``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and
-``log``, the same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`.
-There ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12% slower end
-to end, on torch 2.14.1 and 2.15.0 alike; on a training batch it was the faster of the two
-by 2-5%, so below :data:`SOFTPLUS_BELOW` logits it is kept (``docs/benchmarks.md``, "Both
-torch builds side by side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``;
-on this CPU torch vectorizes those two, and the rebuilt versions were 2-4x *slower*.
-Which composition of kernels wins depends on the CPU and the build, so each choice here
+The forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``, so the sum is
+``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, the
+same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`. At AIS's
+1600 x 784 logits ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12%
+slower end to end on torch 2.14.1 and 2.15.0. At a training batch (100 x 784) one host measured
+``F.softplus`` 2-5% faster per step and a later one measured it 3x slower per call (420 against 133 us
+on 2.14.1, 280 against 108 on 2.15.0); one form for all sizes keeps a run's arithmetic the same at
+every batch size (``docs/benchmarks.md``, "Both torch builds side by side"). An earlier version also
+rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``; on one CPU torch vectorizes those two, and the
+rebuilt versions were 2-4x *slower*. Which composition of kernels wins depends on the CPU and the build, so each choice here
 was measured end to end on both builds.
 
 Example:
@@ -33,21 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "Softplus", "SOFTPLUS_BELOW"]
-
-# Below this many logits the forward pass takes F.softplus: at a training batch (100 x 784)
-# the three-kernel form made a training step 2-5% slower on the two torch builds, while at
-# AIS's 1600 x 784 (16 chains x 100 points) it made AIS 10-12% faster (docs/benchmarks.md).
-SOFTPLUS_BELOW = 2**18
+__all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "Softplus"]
 
 
 class _BernoulliLogProb(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(logits, x)
-        if logits.numel() < SOFTPLUS_BELOW:
-            # Two reductions rather than the reduction of a difference: one full-size pass fewer.
-            return (logits * x).sum(-1).sub_(F.softplus(logits).sum(-1))
         return subtract_softplus_tail((logits * (x - 0.5)).sum(-1), logits)
 
     @staticmethod

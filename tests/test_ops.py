@@ -4,15 +4,7 @@ import torch
 from pyro_vae import ops
 
 
-@pytest.fixture(params=["softplus", "abs-sigmoid-log"])
-def forward_form(request, monkeypatch):
-    """Both forward forms: F.softplus below ops.SOFTPLUS_BELOW logits, abs/sigmoid/log above."""
-    if request.param != "softplus":
-        monkeypatch.setattr(ops, "SOFTPLUS_BELOW", 0)
-    return request.param
-
-
-def test_bernoulli_log_prob_value_and_gradients(forward_form):
+def test_bernoulli_log_prob_value_and_gradients():
     g = torch.Generator().manual_seed(0)
     logits = (4 * torch.randn(3, 6, 10, generator=g, dtype=torch.float64)).requires_grad_()
     x = torch.randint(0, 2, (6, 10), generator=g).double()  # broadcast over 3 particles
@@ -28,7 +20,7 @@ def test_bernoulli_log_prob_value_and_gradients(forward_form):
     assert torch.autograd.gradcheck(ops.bernoulli_log_prob, (logits.detach().requires_grad_(), x_var))
 
 
-def test_bernoulli_log_prob_is_finite_for_extreme_logits(forward_form):
+def test_bernoulli_log_prob_is_finite_for_extreme_logits():
     logits = torch.tensor([[-200.0, -30.0, 0.0, 30.0, 200.0]])
     x = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0]])
     out = ops.bernoulli_log_prob(logits, x)
