@@ -13,12 +13,13 @@ The forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``, so the 
 ``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, the
 same recipe as evaluation's :func:`~pyro_vae.logjoint.bernoulli_log_prob_pieces`. At AIS's
 1600 x 784 logits ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12%
-slower end to end on torch 2.14.1 and 2.15.0. At a training batch (100 x 784) one host measured
-``F.softplus`` 2-5% faster per step and a later one measured it 3x slower per call (420 against 133 us
-on 2.14.1, 280 against 108 on 2.15.0); one form for all sizes keeps a run's arithmetic the same at
-every batch size (``docs/benchmarks.md``, "Both torch builds side by side"). An earlier version also
-rebuilt ``log1p`` and ``tanh`` from ``exp`` and ``log``; on one CPU torch vectorizes those two, and the
-rebuilt versions were 2-4x *slower*. Which composition of kernels wins depends on the CPU and the build, so each choice here
+slower end to end on torch 2.14.1 and 2.15.0. At a training batch (100 x 784) one host
+measured ``F.softplus`` 2-5% faster per step and a later one 2.6-3.2x slower per call (420
+against 133 us on 2.14.1, 280 against 108 on 2.15.0); one form for all sizes also keeps a
+run's arithmetic the same at every batch size (``docs/benchmarks.md``, "Both torch builds
+side by side"). An earlier version also rebuilt ``log1p`` and ``tanh`` from ``exp`` and
+``log``; on one CPU torch vectorizes those two, and the rebuilt versions were 2-4x *slower*.
+Which composition of kernels wins depends on the CPU and the build, so each choice here
 was measured end to end on both builds.
 
 Example:
