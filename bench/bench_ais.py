@@ -4,13 +4,13 @@ Stages (``--stages``, run in this order, each resumable):
 
 * ``is``: importance sampling (the encoder as proposal) on the first ``--points`` MNIST test
   images at each ``--is-samples`` K: mean ± SE, MC SE, fraction of points with PSIS k̂ > 0.7;
-* ``ais``: AIS with HMC (``pyro_vae.ais.ais``, pilot-chain step sizes) on the same points at
+* ``ais``: AIS with HMC (``pyro_vae.estimators.ais.ais``, pilot-chain step sizes) on the same points at
   each ``--steps`` T with ``--chains`` chains and ``--leapfrog`` steps; paired difference
   AIS - IS per point;
 * ``tune``: AIS at about equal cost per point with other (chains, T, leapfrog), ``--tune``
   as ``CxTxL`` items, on the first ``--tune-points`` points, paired against the reference
   setting ``--tune-ref`` (which must also be run, here or by ``ais``);
-* ``bdmc``: ``--bdmc-points`` points simulated from the model (``pyro_vae.bdmc.simulate``),
+* ``bdmc``: ``--bdmc-points`` points simulated from the model (``pyro_vae.estimators.bdmc.simulate``),
   forward (lower) and reverse (upper) AIS at each ``--bdmc-steps`` T, and plain IS at
   each ``--bdmc-is`` K on the same points.
 
@@ -42,7 +42,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +74,7 @@ def default_model() -> str:
 
 
 def pilots_of(chains: int) -> int:
-    return max(1, chains // 4)  # pyro_vae.ais.Settings' default for adapt="pilot"
+    return max(1, chains // 4)  # pyro_vae.estimators.ais.Settings' default for adapt="pilot"
 
 
 def evals_per_point(chains: int, steps: int, leapfrog: int) -> int:
@@ -93,7 +92,7 @@ def load() -> tuple[float, float, float]:
 
 
 def mean_se(values) -> dict:
-    from pyro_vae.stats import mean_se as _mean_se
+    from pyro_vae.core.stats import mean_se as _mean_se
 
     return _mean_se(torch.as_tensor(values, dtype=torch.float64))
 
@@ -159,7 +158,7 @@ def merge(parts: list[dict]) -> dict:
 
 
 def run_is(store: Store, vae, x, key: str, samples: int, chunk: int, seed: int, threads: int) -> dict:
-    from pyro_vae.importance import evaluate
+    from pyro_vae.estimators.importance import evaluate
 
     parts = []
     for i, sl in chunks(len(x), chunk):
@@ -177,7 +176,7 @@ def run_is(store: Store, vae, x, key: str, samples: int, chunk: int, seed: int, 
 
 def run_ais(store: Store, vae, x, key: str, chains: int, steps: int, leapfrog: int, chunk: int, seed: int,
             threads: int) -> dict:
-    from pyro_vae.ais import ais
+    from pyro_vae.estimators.ais import ais
 
     parts = []
     for i, sl in chunks(len(x), chunk):
@@ -197,7 +196,7 @@ def run_ais(store: Store, vae, x, key: str, chains: int, steps: int, leapfrog: i
 
 def run_bdmc(store: Store, vae, data, key: str, chains: int, steps: int, leapfrog: int, chunk: int, seed: int,
              threads: int) -> dict:
-    from pyro_vae.bdmc import bdmc
+    from pyro_vae.estimators.bdmc import bdmc
 
     x, z = data
     parts = []
@@ -326,8 +325,8 @@ def main() -> None:
 
     import pyro
 
-    from pyro_vae.bdmc import simulate
-    from pyro_vae.runs import load_run
+    from pyro_vae.estimators.bdmc import simulate
+    from pyro_vae.runs.rundir import load_run
 
     pyro.enable_validation(False)
     vae, _cfg, dataset, transform = load_run(model, which="last")
@@ -344,7 +343,7 @@ def main() -> None:
 
     test_key = tune_key = "test"  # chunks are tagged by their points: the tuning runs share the first chunks
     sim_keys = [f"sim{args.bdmc_points}s{s}" for s in bdmc_seeds]
-    from pyro_vae.importance import evaluate
+    from pyro_vae.estimators.importance import evaluate
 
     evaluate(vae, x[:2], num_samples=50, k_list=(1,), seed=0)  # warm-up: imports arviz outside the timings
     for stage in stages:

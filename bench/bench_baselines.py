@@ -54,8 +54,8 @@ from threadpoolctl import threadpool_limits
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pyro_vae.baselines import make_baseline  # noqa: E402
-from pyro_vae.stats import LogLikelihood  # noqa: E402
+from pyro_vae.baselines.registry import make_baseline  # noqa: E402
+from pyro_vae.core.stats import LogLikelihood  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 N_TRAIN, N_TEST = 8000, 2000

@@ -30,8 +30,8 @@ import torch
 from pyro.infer import SVI, Trace_ELBO
 from torch import nn
 
-from pyro_vae.data import load_dataset
-from pyro_vae.train import fit
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.jobs.train import fit
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 

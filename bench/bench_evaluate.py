@@ -104,10 +104,10 @@ def eval_worker(state_path: str, which: str, samples: int, threads: int, profile
     """Runs in a fresh process: load the model and data, evaluate, report time and memory."""
     import pyro
 
-    from pyro_vae.config import from_dict
-    from pyro_vae.data import load_dataset
-    from pyro_vae.evaluate import evaluate
-    from pyro_vae.train import build_transform, build_vae
+    from pyro_vae.runs.config import from_dict
+    from pyro_vae.data.datasets import load_dataset
+    from pyro_vae.estimators.importance import evaluate
+    from pyro_vae.runs.build import build_transform, build_vae
 
     torch.set_num_threads(threads)
     state = torch.load(state_path, weights_only=False)
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "evaluate.json"))
     args = parser.parse_args()
 
-    from pyro_vae.train import fit
+    from pyro_vae.jobs.train import fit
 
     torch.set_num_threads(args.threads)
     tic = time.perf_counter()

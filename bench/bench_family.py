@@ -33,8 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.family import family_table, markdown_table, sample_grids  # noqa: E402
-from pyro_vae.train import fit  # noqa: E402
+from pyro_vae.jobs.family import family_table, markdown_table, sample_grids  # noqa: E402
+from pyro_vae.jobs.train import fit  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 OBJECTIVES = {"VAE": "elbo", "AAE": "aae", "GAN": "gan", "ALI": "ali"}

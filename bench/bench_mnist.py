@@ -37,8 +37,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from pyro_vae.evaluate import evaluate  # noqa: E402
-from pyro_vae.train import fit, load_run  # noqa: E402
+from pyro_vae.estimators.importance import evaluate  # noqa: E402
+from pyro_vae.jobs.train import fit
+from pyro_vae.runs.rundir import load_run  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 MODELS = {"elbo": ("elbo", 1), "meanfield": ("meanfield", 1), "iwae5": ("iwae", 5), "iwae50": ("iwae", 50)}

@@ -47,11 +47,11 @@ from handwritten_vae import HandwrittenVAE  # noqa: E402
 from pyro.infer import SVI, Trace_ELBO  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pyro_vae.build import build_transform, build_vae, load_data  # noqa: E402
-from pyro_vae.config import from_dict  # noqa: E402
-from pyro_vae.importance import evaluate  # noqa: E402
-from pyro_vae.runs import load_run  # noqa: E402
-from pyro_vae.stats import mean_se  # noqa: E402
+from pyro_vae.runs.build import build_transform, build_vae, load_data  # noqa: E402
+from pyro_vae.runs.config import from_dict  # noqa: E402
+from pyro_vae.estimators.importance import evaluate  # noqa: E402
+from pyro_vae.runs.rundir import load_run  # noqa: E402
+from pyro_vae.core.stats import mean_se  # noqa: E402
 
 HIDDEN, LATENT, BATCH, LR, EPS = [200, 200], 50, 20, 1e-3, 1e-4
 MILESTONES = [sum(3**j for j in range(i + 1)) for i in range(7)]  # Burda et al.: epochs 1, 4, 13, ...

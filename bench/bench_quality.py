@@ -36,11 +36,12 @@ import pyro  # noqa: E402
 import torch  # noqa: E402
 from handwritten_vae import HandwrittenVAE  # noqa: E402
 
-from pyro_vae.data import load_dataset  # noqa: E402
-from pyro_vae.evaluate import evaluate  # noqa: E402
-from pyro_vae.stats import mean_se  # noqa: E402
-from pyro_vae.train import build_transform, build_vae, fit  # noqa: E402
-from pyro_vae.config import from_dict  # noqa: E402
+from pyro_vae.data.datasets import load_dataset  # noqa: E402
+from pyro_vae.estimators.importance import evaluate  # noqa: E402
+from pyro_vae.core.stats import mean_se  # noqa: E402
+from pyro_vae.runs.build import build_transform, build_vae
+from pyro_vae.jobs.train import fit  # noqa: E402
+from pyro_vae.runs.config import from_dict  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 HIDDEN, LATENT, ACTIVATION, BATCH, LR = [200, 200], 50, "tanh", 100, 1e-3
@@ -84,7 +85,7 @@ def as_pyro_vae(model: HandwrittenVAE, cfg, dataset):
     z = torch.randn(7, LATENT)
     loc, raw = model.encoder(x).chunk(2, dim=-1)
     q_loc, q_scale = vae.encoder(x.reshape(7, 1, 28, 28))
-    # Same functions; pyro_vae computes tanh/softplus with its own kernels (pyro_vae.ops), equal to ~1e-7.
+    # Same functions; pyro_vae computes tanh/softplus with its own kernels (pyro_vae.core.ops), equal to ~1e-7.
     close = lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
     assert close(loc, q_loc) and close(torch.nn.functional.softplus(raw) + 1e-5, q_scale)
     assert close(model.decoder(z), vae.decoder(z))

@@ -22,9 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from handwritten_vae import HandwrittenVAE  # noqa: E402
 
-from pyro_vae.train import build_objective, build_optimizer, train_step  # noqa: E402
-from pyro_vae.config import TrainConfig  # noqa: E402
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.runs.build import build_objective, build_optimizer
+from pyro_vae.jobs.train import train_step  # noqa: E402
+from pyro_vae.runs.config import TrainConfig  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
 
 SETTINGS = {

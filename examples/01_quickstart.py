@@ -20,9 +20,9 @@ import sys
 import matplotlib.pyplot as plt
 import torch
 
-from pyro_vae import plots
-from pyro_vae.evaluate import evaluate
-from pyro_vae.train import fit
+from pyro_vae.plots import figures as plots
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.jobs.train import fit
 from _common import example_parser  # shared flags and data
 
 

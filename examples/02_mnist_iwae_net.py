@@ -26,9 +26,9 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from pyro_vae import plots
-from pyro_vae.evaluate import evaluate
-from pyro_vae.train import fit
+from pyro_vae.plots import figures as plots
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.jobs.train import fit
 from _common import example_parser, load  # shared flags and data
 
 

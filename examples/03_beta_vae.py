@@ -22,10 +22,11 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from pyro_vae import latent_plots, plots
-from pyro_vae.evaluate import evaluate
-from pyro_vae.stats import mean_se
-from pyro_vae.train import fit
+from pyro_vae.plots import latent as latent_plots
+from pyro_vae.plots import figures as plots
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.core.stats import mean_se
+from pyro_vae.jobs.train import fit
 from _common import add_scoring_flags, example_parser, load, parse_scoring_args  # shared flags and data
 
 

@@ -23,10 +23,10 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from pyro_vae import plots
-from pyro_vae.evaluate import evaluate
-from pyro_vae.stats import mean_se
-from pyro_vae.train import fit
+from pyro_vae.plots import figures as plots
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.core.stats import mean_se
+from pyro_vae.jobs.train import fit
 from _common import add_scoring_flags, example_parser, load, parse_scoring_args  # shared flags and data
 
 PRIOR_SETTINGS = {"normal": {}, "mog": {"k": 10}, "vamp": {"k": 50}, "flow": {"kind": "spline_coupling", "num_layers": 2}}

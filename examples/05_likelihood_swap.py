@@ -26,10 +26,10 @@ import sys
 
 import matplotlib.pyplot as plt
 
-from pyro_vae import plots
-from pyro_vae.data import Dataset
-from pyro_vae.evaluate import evaluate
-from pyro_vae.train import fit
+from pyro_vae.plots import figures as plots
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.jobs.train import fit
 from _common import add_scoring_flags, example_parser, load, parse_scoring_args  # shared flags and data
 
 LIKELIHOODS = {  # label -> (registered name, settings)

@@ -25,12 +25,13 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
-from pyro_vae import plots
-from pyro_vae.baselines import make_baseline
-from pyro_vae.data import DataTransform, load_dataset
-from pyro_vae.evaluate import evaluate
-from pyro_vae.stats import LogLikelihood, mean_se
-from pyro_vae.vae import VAE
+from pyro_vae.plots import figures as plots
+from pyro_vae.baselines.registry import make_baseline
+from pyro_vae.data.transforms import DataTransform
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.core.stats import LogLikelihood, mean_se
+from pyro_vae.models.vae import VAE
 from _common import example_parser  # shared flags and data
 
 

@@ -30,10 +30,11 @@ import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 
-from pyro_vae import latent_plots, plots
-from pyro_vae.data import iterate_minibatches
-from pyro_vae.nets import make_decoder, make_encoder
-from pyro_vae.train import fit
+from pyro_vae.plots import latent as latent_plots
+from pyro_vae.plots import figures as plots
+from pyro_vae.data.transforms import iterate_minibatches
+from pyro_vae.models.nets import make_decoder, make_encoder
+from pyro_vae.jobs.train import fit
 from _common import example_parser, load  # shared flags and data
 
 

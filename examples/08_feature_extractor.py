@@ -23,8 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pyro_vae import latent_plots
-from pyro_vae.train import fit
+from pyro_vae.plots import latent as latent_plots
+from pyro_vae.jobs.train import fit
 from _common import example_parser, load  # shared flags and data
 
 

@@ -1,6 +1,6 @@
 """A conditional VAE written as your own Pyro model and guide, built from pyro_vae's parts.
 
-The stock :class:`pyro_vae.vae.VAE` models ``p(x)``. Here the labels enter the model:
+The stock :class:`pyro_vae.models.vae.VAE` models ``p(x)``. Here the labels enter the model:
 ``p(x | y) = ∫ p(z) p(x | z, y) dz``, with the one-hot label concatenated to the
 encoder's input and to ``z`` for the decoder. Everything except the two short Pyro
 functions comes from pyro_vae: the nets (``make_encoder``/``make_decoder``), the
@@ -29,12 +29,12 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 
-from pyro_vae import plots
-from pyro_vae.data import DataTransform, iterate_minibatches
-from pyro_vae.evaluate import evaluate
-from pyro_vae.likelihoods import resolve_likelihood
-from pyro_vae.nets import make_decoder, make_encoder
-from pyro_vae.priors import resolve_prior
+from pyro_vae.plots import figures as plots
+from pyro_vae.data.transforms import DataTransform, iterate_minibatches
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.models.likelihoods import resolve_likelihood
+from pyro_vae.models.nets import make_decoder, make_encoder
+from pyro_vae.models.priors import resolve_prior
 from _common import example_parser, load  # shared flags and data
 
 

@@ -24,8 +24,8 @@ import json
 
 import matplotlib.pyplot as plt
 
-from pyro_vae.family import family_table, markdown_table, sample_grids
-from pyro_vae.train import fit
+from pyro_vae.jobs.family import family_table, markdown_table, sample_grids
+from pyro_vae.jobs.train import fit
 from _common import example_parser, load  # shared flags and data
 
 OBJECTIVES = {"VAE": "elbo", "AAE": "aae", "GAN": "gan", "ALI": "ali"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae.data import Dataset, load_available
+from pyro_vae.data.datasets import Dataset, load_available
 
 DATA_HELP = "auto (MNIST-10k if its files are present, else digits), or any dataset name: mnist10k, mnist, digits, ..."
 

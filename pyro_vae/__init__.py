@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str) -> Any:
     if name == "VAE":
-        from .vae import VAE  # deferred: torch and Pyro take seconds to import
+        from pyro_vae.models.vae import VAE  # deferred: torch and Pyro take seconds to import
 
         return VAE
     raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")

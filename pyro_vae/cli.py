@@ -145,7 +145,7 @@ TRAIN_FLAGS = {
 
 
 def _train_config(args: argparse.Namespace):
-    from . import config as config_lib
+    from pyro_vae.runs import config as config_lib
 
     raw = asdict(config_lib.load(args.config)) if args.config else {}
     raw.setdefault("data", {})
@@ -178,7 +178,7 @@ def _key_value(pair: str, flag: str) -> tuple[str, object]:
     """``"k=10"`` -> ``("k", 10)``: the value is read as YAML, so numbers, booleans and lists work."""
     import yaml
 
-    from .config import ConfigError
+    from pyro_vae.core.errors import ConfigError
 
     key, sep, text = pair.partition("=")
     if not sep or not key.strip():
@@ -190,7 +190,7 @@ def _key_value(pair: str, flag: str) -> tuple[str, object]:
 
 
 def _set_path(raw: dict, path: str, value: object) -> None:
-    from .config import ConfigError
+    from pyro_vae.core.errors import ConfigError
 
     keys = path.split(".")
     node = raw
@@ -203,7 +203,7 @@ def _set_path(raw: dict, path: str, value: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import fit
+    from pyro_vae.jobs.train import fit
 
     if args.resume:
         cfg = _train_config(args) if args.epochs else None
@@ -238,13 +238,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from pyro_vae.jobs.evaluate import evaluate_run
 
     k_list = tuple(int(k) for k in args.k_list.split(",") if k)
     fabric = None
     if args.devices > 1:  # each process scores its share of the points; rank 0 writes the report
-        from .build import make_fabric
-        from .config import TrainConfig
+        from pyro_vae.runs.build import make_fabric
+        from pyro_vae.runs.config import TrainConfig
 
         fabric = make_fabric(TrainConfig(devices=args.devices, accelerator=args.accelerator))
         fabric.launch()
@@ -257,7 +257,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import compare_run
+    from pyro_vae.jobs.compare import compare_run
 
     compare_run(args.run_dir, baselines=[b for b in args.baselines.split(",") if b], components=args.components,
                 split=args.split, num_samples=args.samples, seed=args.seed, data_root=args.data_root, which=args.which,
@@ -269,9 +269,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
-    from .checkpoint import CheckpointError
-    from .plots import sample_grid
-    from .runs import load_model, load_run
+    from pyro_vae.core.errors import CheckpointError
+    from pyro_vae.plots.figures import sample_grid
+    from pyro_vae.runs.rundir import load_model, load_run
 
     try:
         vae, _ = load_model(args.run_dir)
@@ -294,8 +294,8 @@ def _plain(text: str) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     import inspect
 
-    from .data import DATASETS, FILE_EXTENSIONS
-    from .parts import KINDS, settings_of
+    from pyro_vae.data.datasets import DATASETS, FILE_EXTENSIONS
+    from pyro_vae.models.parts import KINDS, settings_of
 
     def settings(fn) -> str:
         params = [f"{p.name}={p.default!r}" for p in settings_of(fn).values() if p.default is not inspect.Parameter.empty]
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
-    from .errors import PyroVAEError
+    from pyro_vae.core.errors import PyroVAEError
 
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
     try:

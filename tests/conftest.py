@@ -47,8 +47,8 @@ def tiny_config(tmp_path=None, **sections):
 def crash_in_epoch_3(config, monkeypatch):
     """Run ``fit(config)`` until a simulated crash during epoch 3 (after epoch 2's checkpoint), then restore fit."""
     import pytest
-    import pyro_vae.train as train_module
-    from pyro_vae.train import fit
+    import pyro_vae.jobs.train as train_module
+    from pyro_vae.jobs.train import fit
 
     real_metrics, calls = train_module.epoch_metrics, []
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 
 H = W = 8
 

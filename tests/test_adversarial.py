@@ -6,13 +6,13 @@ import warnings
 import pytest
 import torch
 from conftest import crash_in_epoch_3, tiny_config
-from pyro_vae.adversarial import AAE, ALI, GAN, DiscriminatorWonWarning, differentiable_draw
-from pyro_vae.ais import ais
-from pyro_vae.checkpoint import load_checkpoint
-from pyro_vae.config import ConfigError
-from pyro_vae.evaluate import evaluate_run
-from pyro_vae.train import fit
-from pyro_vae.vae import VAE
+from pyro_vae.objectives.adversarial import AAE, ALI, GAN, DiscriminatorWonWarning, differentiable_draw
+from pyro_vae.estimators.ais import ais
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.jobs.evaluate import evaluate_run
+from pyro_vae.jobs.train import fit
+from pyro_vae.models.vae import VAE
 
 BINARY = {"data": {"binarize": "threshold"}, "model": {"latent_dim": 2, "likelihood": "bernoulli", "net": {"hidden": [32]}}}
 
@@ -157,7 +157,7 @@ def test_the_generator_step_leaves_the_discriminator_without_gradients(objective
 
 def test_a_discriminator_that_has_won_is_reported(monkeypatch):
     """fit checks the last epoch's balance; a bound above any loss makes every run trip it, with the fix named."""
-    import pyro_vae.adversarial as adversarial
+    import pyro_vae.objectives.adversarial as adversarial
 
     run = adversarial_config(objective="gan", epochs=1)
     with warnings.catch_warnings():

@@ -10,11 +10,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.ais import AISResult, ais
-from pyro_vae.evaluate import evaluate
-from pyro_vae.logjoint import log_joint
-from pyro_vae.stats import LogLikelihood
-from pyro_vae.vae import VAE
+from pyro_vae.estimators.ais import AISResult, ais
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.models.target import log_joint
+from pyro_vae.core.stats import LogLikelihood
+from pyro_vae.models.vae import VAE
 
 D, LATENT, SIGMA = 6, 2, 0.5
 

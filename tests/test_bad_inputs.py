@@ -18,14 +18,17 @@ import pytest
 import torch
 from pyro.infer import Trace_ELBO
 from pyro_vae import cli
-from pyro_vae.build import DataShape, build_vae
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from pyro_vae.config import ConfigError, from_dict, load
-from pyro_vae.data import Dataset, load_dataset
-from pyro_vae.importance import IWAE, evaluate
-from pyro_vae.runs import load_model
-from pyro_vae.transforms import DataTransform
-from pyro_vae.vae import VAE
+from pyro_vae.runs.build import DataShape, build_vae
+from pyro_vae.core.errors import CheckpointError
+from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.runs.config import from_dict, load
+from pyro_vae.data.datasets import Dataset, load_dataset
+from pyro_vae.objectives.iwae import IWAE
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.runs.rundir import load_model
+from pyro_vae.data.transforms import DataTransform
+from pyro_vae.models.vae import VAE
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pyro_vae"
 EXPECTED = (ValueError, TypeError, FileNotFoundError, CheckpointError, ConfigError)
@@ -216,7 +219,7 @@ def test_bad_checkpoint(tmp_path, write, error, words):
 
 
 def test_resume_from_an_empty_checkpoint_is_one_clear_line(tmp_path):
-    from pyro_vae.train import fit
+    from pyro_vae.jobs.train import fit
 
     (tmp_path / "checkpoint.pt").write_bytes(b"")
     with pytest.raises(CheckpointError) as err:

@@ -10,15 +10,10 @@ import pytest
 import torch
 from sklearn import datasets, decomposition, mixture
 
-from pyro_vae.baselines import (
-    BASELINES,
-    PPCA,
-    FactorAnalysis,
-    GaussianMixture,
-    MixtureOfBernoullis,
-    make_baseline,
-)
-from pyro_vae.stats import LogLikelihood
+from pyro_vae.baselines.registry import BASELINES, make_baseline
+from pyro_vae.baselines.lowrank import PPCA, FactorAnalysis
+from pyro_vae.baselines.mixtures import GaussianMixture, MixtureOfBernoullis
+from pyro_vae.core.stats import LogLikelihood
 
 
 def assert_monotone(history: list[float]) -> None:

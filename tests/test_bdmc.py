@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from pyro_vae.bdmc import BDMCResult, bdmc, bdmc_curve, simulate
+from pyro_vae.estimators.bdmc import BDMCResult, bdmc, bdmc_curve, simulate
 from test_ais import linear_gaussian
 
 
@@ -61,7 +61,7 @@ def test_bdmc_reports_and_importance_sampling_comparison():
 
 def test_trace_path_simulates_and_runs_like_the_fused_one():
     torch.manual_seed(0)
-    from pyro_vae.vae import VAE
+    from pyro_vae.models.vae import VAE
 
     vae = VAE((5,), latent_dim=2, likelihood="gaussian", hidden=[8])
     x, latents = simulate(vae, 6, seed=3, method="trace")
@@ -84,7 +84,7 @@ def test_several_processes_need_a_seed():
 
 def test_simulated_levels_are_model_space_floats():
     """A categorical model draws integer levels; BDMC scores them as the floats the model was trained on."""
-    from pyro_vae.vae import VAE
+    from pyro_vae.models.vae import VAE
 
     vae = VAE((3,), latent_dim=1, likelihood="categorical", levels=4, hidden=[4])
     x, _ = simulate(vae, 5, seed=0)

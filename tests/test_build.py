@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from pyro_vae.config import ConfigError, TrainConfig, from_dict
-from pyro_vae import train as train_module
-from pyro_vae.train import fit
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.runs.config import TrainConfig, from_dict
+from pyro_vae.jobs import train as train_module
+from pyro_vae.jobs.train import fit
 
 
 def _linear_output_dtypes(monkeypatch, config, **fit_kwargs):

@@ -55,7 +55,8 @@ def test_train_help_quotes_the_config_defaults():
     import dataclasses
     import re
 
-    from pyro_vae import cli, config
+    from pyro_vae import cli
+    from pyro_vae.runs import config
 
     sections = {f.name: f.default_factory() for f in dataclasses.fields(config.Config) if f.name in ("data", "model", "train")}
     train = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))

@@ -4,8 +4,8 @@ import json
 
 import pytest
 from conftest import tiny_config
-from pyro_vae.compare import compare_run
-from pyro_vae.train import fit
+from pyro_vae.jobs.compare import compare_run
+from pyro_vae.jobs.train import fit
 
 
 def test_compare_writes_rows_in_shared_units(tmp_path):

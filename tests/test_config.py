@@ -1,7 +1,8 @@
 """Config validation: every bad key or value names the problem and the valid choices."""
 
 import pytest
-from pyro_vae.config import ConfigError, dump, from_dict, load
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.runs.config import dump, from_dict, load
 
 
 def test_defaults_and_shorthand():

@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.data: offline, self-contained (synthetic idx files), fast."""
+"""Tests for pyro_vae.data.datasets: offline, self-contained (synthetic idx files), fast."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.data import (
-    BINARIZE_MODES,
-    DATASETS,
-    DataTransform,
-    Dataset,
-    iterate_minibatches,
-    load_dataset,
-    minibatch_indices,
-)
+from pyro_vae.data.transforms import BINARIZE_MODES, DataTransform, iterate_minibatches, minibatch_indices
+from pyro_vae.data.datasets import DATASETS, Dataset, load_dataset
 
 
 # --------------------------------------------------------------------------- helpers
@@ -126,7 +119,7 @@ def test_mnist_official_torchvision_layout(tmp_path, monkeypatch):
     def no_fallback(*args):
         raise AssertionError("torchvision's own class should have loaded these files")
 
-    monkeypatch.setattr("pyro_vae.data._read_idx", no_fallback)
+    monkeypatch.setattr("pyro_vae.data.datasets._read_idx", no_fallback)
     ds = load_dataset("mnist", root=str(tmp_path), download=False)
     assert ds.event_shape == (1, 28, 28) and ds.levels == 256 and ds.num_dims == 784
     assert (len(ds.train), len(ds.val), len(ds.test)) == (45, 5, 20)
@@ -426,7 +419,7 @@ def test_minibatches_ranks_shard_the_data():
 
 
 def test_head_slices_every_split_and_keeps_pairs():
-    from pyro_vae.data import load_dataset
+    from pyro_vae.data.datasets import load_dataset
 
     full = load_dataset("digits")
     small = full.head(50, 20, 10)
@@ -436,7 +429,7 @@ def test_head_slices_every_split_and_keeps_pairs():
 
 
 def test_load_available_falls_back_to_digits(monkeypatch, tmp_path):
-    from pyro_vae import data
+    from pyro_vae.data import datasets as data
 
     monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path))  # an empty root: no MNIST files anywhere it looks
     monkeypatch.setattr(data, "_mnist10k_roots", lambda: [tmp_path])

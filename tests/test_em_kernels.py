@@ -1,11 +1,11 @@
-"""Tests for pyro_vae._em_kernels: each kernel against the plain torch expression it replaces."""
+"""Tests for pyro_vae.baselines.kernels: each kernel against the plain torch expression it replaces."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pyro_vae._em_kernels import cholesky, gram, map_row_blocks, whitened_sq_norms
+from pyro_vae.baselines.kernels import cholesky, gram, map_row_blocks, whitened_sq_norms
 
 
 def test_blas_helpers_match_torch():

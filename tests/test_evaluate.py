@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.evaluate: exact answers on linear-Gaussian models, bounds on a trained VAE."""
+"""Tests for pyro_vae.jobs.evaluate: exact answers on linear-Gaussian models, bounds on a trained VAE."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import torch
 from pyro.infer import Trace_ELBO
 from torch import nn
 
-import pyro_vae.likelihoods as L
-from pyro_vae.evaluate import DEFAULT_K_LIST, Evaluation, PosteriorCollapseWarning, evaluate, evaluate_run
-from pyro_vae.stats import LogLikelihood
-from pyro_vae.vae import VAE
+import pyro_vae.models.likelihoods as L
+from pyro_vae.estimators.importance import DEFAULT_K_LIST, evaluate
+from pyro_vae.results.report import Evaluation, PosteriorCollapseWarning
+from pyro_vae.jobs.evaluate import evaluate_run
+from pyro_vae.core.stats import LogLikelihood
+from pyro_vae.models.vae import VAE
 
 D, LATENT, SIGMA = 6, 2, 0.5
 
@@ -300,7 +302,7 @@ def test_two_process_gloo_sharding_matches_unsharded(gloo_rendezvous):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from pyro_vae.train import fit
+    from pyro_vae.jobs.train import fit
 
     run_dir = tmp_path_factory.mktemp("run")
     # Binarized digits with a Bernoulli decoder: the evaluator's fused fast path on a real model.

@@ -1,12 +1,11 @@
 """The family table: every model on the same points, the EM row exact, pairs consistent, scores cached."""
 
 import pytest
-import torch
 from conftest import tiny_config
-from pyro_vae import family
-from pyro_vae.baselines import make_baseline
-from pyro_vae.family import family_table, markdown_table, sample_grids
-from pyro_vae.train import fit
+from pyro_vae.jobs import family
+from pyro_vae.baselines.registry import make_baseline
+from pyro_vae.jobs.family import family_table, markdown_table, sample_grids
+from pyro_vae.jobs.train import fit
 
 BINARY = {"data": {"binarize": "threshold"}, "model": {"latent_dim": 2, "likelihood": "bernoulli", "net": {"hidden": [16]}}}
 SCORING = {"points": 15, "steps": 5, "chains": 3, "leapfrog": 2, "bdmc_points": 4, "is_samples": 10}

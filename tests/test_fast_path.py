@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro_vae.vae import VAE
+from pyro_vae.models.vae import VAE
 
 
 def data(likelihood):
@@ -56,7 +56,7 @@ def test_subclassed_model_uses_pyro():
 
 @pytest.mark.parametrize("prior, likelihood", [("normal", "bernoulli"), ("mog", "gaussian_learned"), ("vamp", "categorical")])
 def test_direct_iwae_equals_traced_iwae(prior, likelihood):
-    from pyro_vae.importance import IWAE
+    from pyro_vae.objectives.iwae import IWAE
 
     vae = VAE((8, 8), latent_dim=3, prior=prior, likelihood=likelihood, hidden=(16,), levels=17)
     vae.num_data, vae.beta = 200, 0.7

@@ -4,12 +4,13 @@ import pyro
 import pytest
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
-from pyro_vae.baselines import PPCA
-from pyro_vae.data import DataTransform, load_dataset
-from pyro_vae.gaps import inference_gaps
-from pyro_vae.importance import log_weights
-from pyro_vae.stats import logmeanexp
-from pyro_vae.vae import VAE
+from pyro_vae.baselines.lowrank import PPCA
+from pyro_vae.data.transforms import DataTransform
+from pyro_vae.data.datasets import load_dataset
+from pyro_vae.estimators.gaps import inference_gaps
+from pyro_vae.estimators.importance import log_weights
+from pyro_vae.core.stats import logmeanexp
+from pyro_vae.models.vae import VAE
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_linear_vae_reaches_ppca_maximum_likelihood(dequantized_digits):
 
 
 def test_inference_gaps_are_non_negative(dequantized_digits):
-    from pyro_vae.train import fit
+    from pyro_vae.jobs.train import fit
 
     result = fit({"model": {"latent_dim": 3, "likelihood": "gaussian_learned", "net": {"hidden": [32]}},
                   "train": {"epochs": 4, "batch_size": 64}}, run_dir=None, progress=False)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from pyro.ops.integrator import velocity_verlet
 
-from pyro_vae.hmc import LogTerms, anneal, beta_schedule, hmc_transition, leapfrog
-from pyro_vae.stats import logmeanexp
+from pyro_vae.estimators.hmc import LogTerms, anneal, beta_schedule, hmc_transition, leapfrog
+from pyro_vae.core.stats import logmeanexp
 
 D = 3
 

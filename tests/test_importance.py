@@ -1,4 +1,4 @@
-"""Tests for pyro_vae.importance: per-datapoint unscaled weights and the IWAE objective."""
+"""Tests for pyro_vae.estimators.importance: per-datapoint unscaled weights and the IWAE objective."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from pyro_vae.importance import IWAE, log_weights, weight_terms
-from pyro_vae.vae import VAE
+from pyro_vae.objectives.iwae import IWAE
+from pyro_vae.estimators.importance import log_weights
+from pyro_vae.models.target import weight_terms
+from pyro_vae.models.vae import VAE
 
 N, DIM, LATENT = 4, 5, 4  # N * LATENT = 16: whole blocks of torch's vectorized normal sampler
 

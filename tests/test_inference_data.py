@@ -1,4 +1,4 @@
-"""`pyro_vae.inference_data`: arviz groups that mean something, and PSIS with any arviz."""
+"""`pyro_vae.results.arviz`: arviz groups that mean something, and PSIS with any arviz."""
 
 import warnings
 
@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae.ais import ais
-from pyro_vae.importance import evaluate
-from pyro_vae.inference_data import _arviz_stats_psislw, psislw
-from pyro_vae.stats import logmeanexp
-from pyro_vae.vae import VAE
+from pyro_vae.estimators.ais import ais
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.results.arviz import _arviz_stats_psislw, psislw
+from pyro_vae.core.stats import logmeanexp
+from pyro_vae.models.vae import VAE
 
 
 @pytest.fixture(scope="module")

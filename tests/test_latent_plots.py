@@ -14,8 +14,9 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from pyro_vae import latent_plots, plots  # noqa: E402
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.plots import latent as latent_plots
+from pyro_vae.plots import figures as plots  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 from plot_helpers import H, W, close_figures, images, png_ok, shown, tile, vae  # noqa: F401  (fixtures)
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.logjoint import bernoulli_log_prob_pieces, buffered_decoder, log_lik_blocks
-from pyro_vae.nets import MLPDecoder
-from pyro_vae.vae import VAE
+from pyro_vae.models.target import bernoulli_log_prob_pieces, buffered_decoder, log_lik_blocks
+from pyro_vae.models.nets import MLPDecoder
+from pyro_vae.models.vae import VAE
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

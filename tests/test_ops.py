@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pyro_vae import ops
+from pyro_vae.core import ops
 
 
 def test_bernoulli_log_prob_value_and_gradients():
@@ -60,7 +60,7 @@ def test_softplus_keeps_torch_path_for_other_settings_and_half_precision():
 
 
 def test_mlp_softplus_activation_is_ours_and_still_an_nn_softplus():
-    from pyro_vae.nets import MLP
+    from pyro_vae.models.nets import MLP
 
     net = MLP([4, 8, 2], activation="softplus")
     assert isinstance(net[1], ops.Softplus) and isinstance(net[1], torch.nn.Softplus)

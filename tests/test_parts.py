@@ -13,9 +13,11 @@ import pytest
 import torch
 import yaml
 
-from pyro_vae.config import ConfigError, from_dict
-from pyro_vae.parts import PartError, register, spec_of
-from pyro_vae.priors import PRIORS, mog
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.runs.config import from_dict
+from pyro_vae.core.errors import PartError
+from pyro_vae.models.parts import register, spec_of
+from pyro_vae.models.priors import PRIORS, mog
 
 ROOT = Path(__file__).resolve().parents[1]
 MY_PARTS = textwrap.dedent('''
@@ -25,8 +27,8 @@ MY_PARTS = textwrap.dedent('''
     import pyro.distributions as dist
     import torch
 
-    from pyro_vae.likelihoods import Generic
-    from pyro_vae.priors import Prior
+    from pyro_vae.models.likelihoods import Generic
+    from pyro_vae.models.priors import Prior
 
 
     class HeavyTail(Prior):
@@ -83,7 +85,7 @@ def test_custom_prior_and_likelihood_by_import_path_through_every_command(tmp_pa
     assert (run_dir / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
     shutil.rmtree(tmp_path / "data")
-    code = ("from pyro_vae.runs import load_model; vae, t = load_model('runs/heavy');"
+    code = ("from pyro_vae.runs.rundir import load_model; vae, t = load_model('runs/heavy');"
             "print(type(vae.prior).__name__, vae.prior.df, vae.likelihood.fixed)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -106,7 +108,7 @@ def test_register_makes_a_short_name_usable_in_configs():
 
 
 def test_parts_remember_their_settings_and_unimportable_ones_say_so():
-    from pyro_vae.likelihoods import gaussian
+    from pyro_vae.models.likelihoods import gaussian
 
     assert spec_of("prior", mog(3, spread=2.0)) == ("mog", {"k": 3, "spread": 2.0})
     assert spec_of("likelihood", gaussian(scale=0.05)) == ("gaussian", {"scale": 0.05})
@@ -116,13 +118,13 @@ def test_parts_remember_their_settings_and_unimportable_ones_say_so():
 
 @pytest.mark.parametrize("model, fragments", [
     ({"prior": "no_such_module_xyz:Prior"}, ["model.prior", "cannot import 'no_such_module_xyz:Prior'", "PYTHONPATH"]),
-    ({"prior": "pyro_vae.priors:HeavyTale"}, ["model.prior", "has no attribute 'HeavyTale'"]),
+    ({"prior": "pyro_vae.models.priors:HeavyTale"}, ["model.prior", "has no attribute 'HeavyTale'"]),
     ({"prior": {"name": "mog", "k": "ten"}}, ["model.prior_kwargs.k", "expects int", "'ten'"]),
     ({"prior": {"name": "mog", "k": 2.5}}, ["model.prior_kwargs.k", "expects int"]),
     ({"likelihood": {"name": "gaussian", "scale": True}}, ["model.likelihood_kwargs.scale", "expects float"]),
-    ({"encoder": "pyro_vae.nets:MLPEncoder", "encoder_kwargs": {"latent_dim": 3}}, ["set by pyro_vae", "latent_dim"]),
+    ({"encoder": "pyro_vae.models.nets:MLPEncoder", "encoder_kwargs": {"latent_dim": 3}}, ["set by pyro_vae", "latent_dim"]),
     ({"decoder_kwargs": {"x": 1}}, ["model.decoder_kwargs is set but model.decoder is not"]),
-    ({"prior": "pyro_vae.priors:mog", "prior_kwargs": {"components": 3}}, ["has no settings ['components']"]),
+    ({"prior": "pyro_vae.models.priors:mog", "prior_kwargs": {"components": 3}}, ["has no settings ['components']"]),
 ])
 def test_bad_parts_fail_in_the_config_with_the_path_named(model, fragments):
     with pytest.raises(ConfigError) as err:
@@ -151,7 +153,7 @@ def test_cli_part_settings_reach_the_config(tmp_path):
     assert cfg.model.net.hidden == [32, 16]
     commands = build_parser()._subparsers._group_actions[0].choices
     help_text = " ".join(commands["train"].format_help().split())
-    from pyro_vae.config import TrainConfig
+    from pyro_vae.runs.config import TrainConfig
 
     assert f"(config default: {TrainConfig().epochs})" in help_text and "--prior-arg" in help_text and "(default: None)" not in help_text
     eval_help = " ".join(commands["evaluate"].format_help().split())
@@ -168,8 +170,8 @@ def test_vae_defaults_are_the_configs():
     """VAE(), the config and the CLI agree: one default per setting, read from the config's dataclasses."""
     import inspect
 
-    from pyro_vae.config import ModelConfig, NetConfig
-    from pyro_vae.vae import VAE
+    from pyro_vae.runs.config import ModelConfig, NetConfig
+    from pyro_vae.models.vae import VAE
 
     params = inspect.signature(VAE).parameters
     for name, default in (("latent_dim", ModelConfig.latent_dim), ("prior", ModelConfig.prior),
@@ -179,7 +181,7 @@ def test_vae_defaults_are_the_configs():
     assert VAE((8, 8), levels=17).likelihood.name == "categorical"  # auto with levels, as the config on digits
     assert VAE((8, 8)).likelihood.name == "bernoulli"  # auto without levels
     cfg = from_dict({"data": {"binarize": "dynamic"}})  # the user's intent: binary data
-    from pyro_vae.build import DataShape, build_vae
+    from pyro_vae.runs.build import DataShape, build_vae
 
     assert build_vae(cfg, DataShape((8, 8), 17)).likelihood.name == "bernoulli"
     assert build_vae(from_dict({}), DataShape((3,), None)).likelihood.name == "gaussian_learned"
@@ -192,7 +194,7 @@ def test_vae_defaults_are_the_configs():
      ["event_shape (5,)", "latent_dim=2"]),
 ])
 def test_a_prior_that_does_not_fit_fails_when_the_vae_is_built(prior, fragments):
-    from pyro_vae.vae import VAE
+    from pyro_vae.models.vae import VAE
 
     with pytest.raises(ValueError) as err:
         VAE((4,), latent_dim=2, prior=prior, likelihood="gaussian")
@@ -201,8 +203,8 @@ def test_a_prior_that_does_not_fit_fails_when_the_vae_is_built(prior, fragments)
 
 
 def test_a_likelihood_without_event_dims_fails_when_the_vae_is_built():
-    from pyro_vae.likelihoods import Likelihood
-    from pyro_vae.vae import VAE
+    from pyro_vae.models.likelihoods import Likelihood
+    from pyro_vae.models.vae import VAE
 
     class NoEvent(Likelihood):  # forgot .to_event: one distribution per pixel, not per datapoint
         def forward(self, h):
@@ -219,9 +221,9 @@ def test_fit_takes_ready_parts_and_records_them(tmp_path):
     import pyro.distributions as dist
 
     from conftest import tiny_config
-    from pyro_vae.checkpoint import CheckpointError
-    from pyro_vae.runs import load_model
-    from pyro_vae.train import fit
+    from pyro_vae.core.errors import CheckpointError
+    from pyro_vae.runs.rundir import load_model
+    from pyro_vae.jobs.train import fit
 
     fit(tiny_config(tmp_path / "a", train={"epochs": 1}), prior=mog(k=3), progress=False)
     saved = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["model"]
@@ -241,9 +243,9 @@ def test_fit_takes_ready_parts_and_records_them(tmp_path):
 def test_fit_takes_a_ready_vae_and_records_its_structure(tmp_path):
     """fit(vae=VAE(...)) trains that very object and records it, so the run loads in a new process."""
     from conftest import tiny_config
-    from pyro_vae.runs import load_model
-    from pyro_vae.train import fit
-    from pyro_vae.vae import VAE
+    from pyro_vae.runs.rundir import load_model
+    from pyro_vae.jobs.train import fit
+    from pyro_vae.models.vae import VAE
 
     vae = VAE((8, 8), latent_dim=3, prior=mog(k=2), levels=17, hidden=[12], activation="tanh")
     result = fit(tiny_config(tmp_path, train={"epochs": 2}), vae=vae, progress=False)

@@ -13,9 +13,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from pyro_vae import plots  # noqa: E402
-from pyro_vae.evaluate import evaluate  # noqa: E402
-from pyro_vae.vae import VAE  # noqa: E402
+from pyro_vae.plots import figures as plots  # noqa: E402
+from pyro_vae.estimators.importance import evaluate  # noqa: E402
+from pyro_vae.models.vae import VAE  # noqa: E402
 from plot_helpers import close_figures, images, png_ok, vae  # noqa: F401  (fixtures)
 
 

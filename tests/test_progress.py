@@ -1,17 +1,17 @@
-"""`pyro_vae.progress`: every long job shows a bar when asked, and nothing when told not to."""
+"""`pyro_vae.core.progress`: every long job shows a bar when asked, and nothing when told not to."""
 
 import json
 
 import torch
 from conftest import tiny_config
 
-from pyro_vae.ais import ais
+from pyro_vae.estimators.ais import ais
 from pyro_vae.cli import main
-from pyro_vae.compare import compare_run
-from pyro_vae.importance import evaluate
-from pyro_vae.mixtures import GaussianMixture
-from pyro_vae.train import fit
-from pyro_vae.vae import VAE
+from pyro_vae.jobs.compare import compare_run
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.baselines.mixtures import GaussianMixture
+from pyro_vae.jobs.train import fit
+from pyro_vae.models.vae import VAE
 
 
 def _vae_and_data():

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import crash_in_epoch_3, tiny_config
-from pyro_vae.checkpoint import CheckpointError, load_checkpoint
-from pyro_vae.config import ConfigError
-from pyro_vae.train import fit, load_run
+from pyro_vae.core.errors import CheckpointError
+from pyro_vae.runs.checkpoint import load_checkpoint
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.jobs.train import fit
+from pyro_vae.runs.rundir import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -111,7 +113,7 @@ def test_corrupt_checkpoint_is_reported(tmp_path):
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    from pyro_vae import checkpoint
+    from pyro_vae.runs import checkpoint
 
     checkpoint.save_checkpoint(tmp_path / "c.pt", {"epoch": 1, "config": {}, "model": {}})
 
@@ -153,8 +155,8 @@ def test_ddp_two_cpu_processes_agree(tmp_path):
 
 def test_burda_schedule_steps_at_fixed_epochs():
     """lr 1e-3 * 10^(-i/7) for 3^i epochs: milestones at epochs 1, 4, 13, ..., 1093, whatever train.epochs is."""
-    from pyro_vae.config import from_dict
-    from pyro_vae.build import build_optimizer, build_scheduler
+    from pyro_vae.runs.config import from_dict
+    from pyro_vae.runs.build import build_optimizer, build_scheduler
 
     tc = from_dict({"train": {"lr_schedule": "burda", "epochs": 5, "lr": 1e-3, "adam_eps": 1e-4}}).train
     optimizer = build_optimizer(tc, [torch.nn.Parameter(torch.zeros(2))])
@@ -188,12 +190,13 @@ def test_mnist_val_fraction_zero_trains_on_every_image(tmp_path):
 
 def test_a_second_writer_of_a_run_dir_fails_at_once(tmp_path):
     """While one process trains into a run directory, another gets a clear error before loading any data."""
-    from pyro_vae.runs import RunDirError, locked_run_dir
+    from pyro_vae.core.errors import RunDirError
+    from pyro_vae.runs.rundir import locked_run_dir
 
     (tmp_path / ".checkpoint.pt.abc.tmp").write_bytes(b"half a checkpoint")
     with locked_run_dir(tmp_path):
         assert not (tmp_path / ".checkpoint.pt.abc.tmp").exists()  # leftovers of a crashed write are removed
-        code = ("import sys; from pyro_vae.train import fit; from pyro_vae.runs import RunDirError\n"
+        code = ("import sys; from pyro_vae.jobs.train import fit; from pyro_vae.runs.rundir import RunDirError\n"
                 f"try:\n    fit({{'train': {{'epochs': 1}}}}, run_dir={str(tmp_path)!r}, progress=False)\n"
                 "except RunDirError as e:\n    print(e); sys.exit(3)\n")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -213,7 +216,7 @@ def _finite(state) -> bool:
 
 
 def test_lr_1000_stops_with_a_clear_error_and_writes_no_diverged_checkpoint(tmp_path):
-    from pyro_vae.train import TrainingDivergedError
+    from pyro_vae.core.errors import TrainingDivergedError
 
     with pytest.raises(TrainingDivergedError) as err:
         fit(tiny_config(tmp_path, train={"lr": 1e3}), progress=False)
@@ -228,8 +231,8 @@ def test_lr_1000_stops_with_a_clear_error_and_writes_no_diverged_checkpoint(tmp_
 @pytest.mark.parametrize("where", ["step", "epoch-end"])
 def test_non_finite_parameters_keep_the_last_good_checkpoint(tmp_path, monkeypatch, where):
     """NaN parameters in epoch 2 stop the run; checkpoint.pt and best.pt keep epoch 1, finite."""
-    import pyro_vae.train as train_module
-    from pyro_vae.train import TrainingDivergedError
+    import pyro_vae.jobs.train as train_module
+    from pyro_vae.core.errors import TrainingDivergedError
 
     def poison(vae):
         with torch.no_grad():

@@ -1,4 +1,4 @@
-"""`pyro_vae.units`: a log-likelihood knows what data it scores, and incompatible ones refuse to be compared."""
+"""`pyro_vae.core.units`: a log-likelihood knows what data it scores, and incompatible ones refuse to be compared."""
 
 import warnings
 
@@ -6,12 +6,12 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyro_vae.importance import evaluate
-from pyro_vae.lowrank import PPCA
-from pyro_vae.mixtures import MixtureOfBernoullis
-from pyro_vae.stats import LogLikelihood
-from pyro_vae.units import IncompatibleUnitsError, QuantizedDataWarning, Representation, of_likelihood
-from pyro_vae.vae import VAE
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.baselines.lowrank import PPCA
+from pyro_vae.baselines.mixtures import MixtureOfBernoullis
+from pyro_vae.core.stats import LogLikelihood
+from pyro_vae.core.units import IncompatibleUnitsError, QuantizedDataWarning, Representation, of_likelihood
+from pyro_vae.models.vae import VAE
 
 
 def test_compatibility_table():

@@ -8,9 +8,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.infer import SVI, Predictive, Trace_ELBO
-from pyro_vae.likelihoods import LIKELIHOODS
-from pyro_vae.priors import PRIORS, Prior
-from pyro_vae.vae import VAE
+from pyro_vae.models.likelihoods import LIKELIHOODS
+from pyro_vae.models.priors import PRIORS, Prior
+from pyro_vae.models.vae import VAE
 
 EVENT = (8, 8)
 LEVELS = 17
@@ -87,7 +87,7 @@ def test_user_constructor_likelihood():
 
 
 def test_strategy_forms_are_equivalent():
-    from pyro_vae.priors import mog
+    from pyro_vae.models.priors import mog
 
     for spec in ("mog", mog, mog(k=10)):
         vae = VAE(EVENT, latent_dim=2, prior=spec, likelihood="gaussian", hidden=(8,))
@@ -98,7 +98,7 @@ def test_strategy_forms_are_equivalent():
 
 def test_user_svi_with_pyro_optim_trains_all_parts():
     """vae.model / vae.guide work unchanged with a user's own SVI and pyro.optim."""
-    from pyro_vae.data import load_dataset
+    from pyro_vae.data.datasets import load_dataset
 
     x = (load_dataset("digits").train[:256] > 8).float()
     vae = VAE(EVENT, latent_dim=2, prior="learned_normal", likelihood="bernoulli", hidden=(16,))

@@ -5,7 +5,7 @@ Markdown renders badly. This rewrites them at load time, leaving the source alon
 
 * ``Example:`` headers become ``Examples:`` so griffe parses ``>>>`` lines as code
   (a lone ``Example:`` is an admonition whose doctests Markdown would mangle);
-* Sphinx roles (``:class:`~pyro_vae.vae.VAE```) become code spans, and links to the
+* Sphinx roles (``:class:`~pyro_vae.models.vae.VAE```) become code spans, and links to the
   API reference when the target is fully qualified inside ``pyro_vae`` (a renamed
   target then fails the ``--strict`` build instead of rotting silently);
 * a paragraph ending in ``::`` (reST literal block marker) ends in ``:``.

@@ -1,0 +1,1 @@
+"""Exact EM baselines (PPCA, factor analysis, Gaussian mixtures, mixtures of Bernoullis) in the same units."""

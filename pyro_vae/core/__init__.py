@@ -1,0 +1,1 @@
+"""Foundations with no knowledge of models: errors, numerics (``ops``, ``stats``), units, progress bars, recorded settings."""

@@ -1,0 +1,1 @@
+"""Datasets, safe file reading and the transforms that put raw values into a model's space."""

@@ -1,0 +1,1 @@
+"""Run-level jobs: training (``fit``), evaluating, comparing and the model-family table."""

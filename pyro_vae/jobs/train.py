@@ -1,0 +1,451 @@
+"""Training: config -> data -> VAE -> SVI on Lightning Fabric -> run directory.
+
+One code path runs on one CPU (the default) or with DDP on several devices or nodes:
+the loss is computed inside ``VAE.forward`` so Fabric's DDP wrapper all-reduces the
+gradients, each rank draws its own shard of every epoch, and only rank 0 writes.
+
+The run directory holds ``config.yaml``, ``checkpoint.pt`` (latest, for ``--resume``),
+``best.pt`` (best validation ELBO), ``metrics.csv``/``metrics.json`` and pictures.
+
+A diverging run stops with :class:`TrainingDivergedError` before a bad update and before
+any non-finite parameter reaches a checkpoint (the rule: :class:`DivergenceGuard`).
+
+Example:
+    >>> result = fit({"train": {"epochs": 1}}, run_dir=None, progress=False)  # doctest: +SKIP
+    >>> result.history[-1]["val_elbo"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from pyro_vae.objectives.adversarial import Adversarial, check_balance
+from pyro_vae.core.errors import TrainingDivergedError
+from pyro_vae.runs import config as config_lib
+from pyro_vae.runs import rundir as runs
+from pyro_vae.runs.build import (
+    DataShape,
+    record_parts,
+    record_vae,
+    as_config,
+    build_objective,
+    build_optimizer,
+    build_scheduler,
+    build_transform,
+    build_vae,
+    load_data,
+    make_fabric,
+)
+from pyro_vae.runs.checkpoint import capture_rng, load_checkpoint, restore_rng
+from pyro_vae.runs.config import Config, TrainConfig
+from pyro_vae.core.errors import ConfigError
+from pyro_vae.data.datasets import Dataset
+from pyro_vae.data.transforms import DataTransform, iterate_minibatches
+from pyro_vae.models.vae import VAE
+
+__all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "DivergenceGuard", "DIVERGENCE_FACTOR"]
+
+DIVERGENCE_FACTOR = 1e4  # a loss this many times its starting scale above the start has exploded
+
+
+@dataclass
+class DivergenceGuard:
+    """Stops a run that diverges, naming the epoch, the step and the fixes.
+
+    The rule, checked at every optimizer step before the update (so the model keeps its
+    last good parameters) and at the end of every epoch before anything is saved:
+
+    * the loss and the gradients must be finite;
+    * the per-datapoint loss ``L`` must stay below
+      ``L_0 + DIVERGENCE_FACTOR * max(|L_0|, 1)``, where ``L_0`` is the per-datapoint
+      loss of the run's first step (the untrained model, kept across resumes);
+    * at the end of an epoch the parameters and the train/validation ELBOs must be finite.
+
+    A healthy run stays far below the bound (a loss spike of a few hundred times is
+    recoverable and allowed); lr 1000 on digits crosses it at step 2. Under DDP the
+    figures are all-reduced first, so every rank takes the same decision.
+
+    Attributes:
+        lr: The configured learning rate, for the message.
+        reference: ``L_0``, or ``None`` before the first step.
+        epoch: The current epoch, 1-based.
+        step: The current optimizer step, 1-based.
+        last_good: Where the last good checkpoint is, for the message.
+    """
+
+    lr: float
+    reference: float | None = None
+    epoch: int = 1
+    step: int = 1
+    last_good: str = "no checkpoint was written"
+
+    @property
+    def limit(self) -> float:
+        """The per-datapoint loss above which the run has exploded (``inf`` before the first step)."""
+        if self.reference is None:
+            return math.inf
+        return self.reference + DIVERGENCE_FACTOR * max(abs(self.reference), 1.0)
+
+    def fail(self, what: str) -> TrainingDivergedError:
+        return TrainingDivergedError(
+            f"Training diverged at epoch {self.epoch}, step {self.step}: {what}. Lower train.lr (now {self.lr:g}, "
+            f"e.g. to {self.lr / 10:g}) or set train.grad_clip (a maximum gradient norm); {self.last_good}."
+        )
+
+    def check_step(self, loss: torch.Tensor, grad_norm: torch.Tensor, num_data: int, fabric: Any = None) -> None:
+        """Raise if this step diverged (``loss`` is scaled to ``num_data`` points, as SVI's is)."""
+        figures = torch.stack([loss.detach().double() / num_data, (~torch.isfinite(grad_norm)).double()])
+        if fabric is not None and fabric.world_size > 1:
+            figures = fabric.all_reduce(figures, reduce_op="mean")
+        per_point, bad_grads = figures.tolist()
+        if not math.isfinite(per_point):
+            raise self.fail(f"the loss is {per_point} (not finite)")
+        if bad_grads > 0:
+            raise self.fail("the gradient norm is not finite")
+        if per_point > self.limit:
+            raise self.fail(f"the loss rose to {per_point:.3g} nats per datapoint, above the divergence bound "
+                            f"{self.limit:.3g} (the first step's {self.reference:.3g} + {DIVERGENCE_FACTOR:g} x "
+                            f"{max(abs(self.reference), 1.0):.3g})")
+        if self.reference is None:
+            self.reference = per_point
+
+    def check_epoch(self, vae: torch.nn.Module, elbos: dict[str, float]) -> None:
+        """Raise if the parameters or the ELBOs of the finished epoch are not finite."""
+        bad = [name for name, p in vae.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise self.fail(f"parameters {bad[:3]} are not finite")
+        for split, value in elbos.items():
+            if not math.isfinite(value):
+                raise self.fail(f"the {split} ELBO is {value}")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model, its data pipeline and history."""
+
+    vae: VAE
+    config: Config
+    dataset: Dataset
+    transform: DataTransform
+    history: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+    ddp: dict | None = None
+
+
+@torch.no_grad()
+def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None, fabric=None,
+                  batch_size: int = 512) -> dict[str, float]:
+    """Per-datapoint ELBO, reconstruction and KL (nats), means over ``x_raw``.
+
+    ``transform`` maps raw values to model space (its fixed evaluation draw); ``None``
+    means ``x_raw`` is in model space already. Under DDP each rank scores its own shard
+    and the sums are all-reduced.
+    """
+    rank, world = (fabric.global_rank, fabric.world_size) if fabric else (0, 1)
+    shard = x_raw[rank::world]
+    totals = torch.zeros(3, dtype=torch.float64, device=x_raw.device)
+    for start in range(0, len(shard), batch_size):
+        x = shard[start : start + batch_size]
+        x = x if transform is None else transform(x, train=False)
+        recon, kl, _ = vae.elbo_terms(x)
+        totals += torch.stack([recon.sum(), kl.sum(), torch.tensor(float(len(x)), device=recon.device)]).double()
+    if fabric is not None and world > 1:
+        totals = fabric.all_reduce(totals, reduce_op="sum")
+    recon, kl, n = totals.tolist()
+    return {"elbo": (recon - kl) / n, "reconstruction": recon / n, "kl": kl / n}
+
+
+def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: torch.Tensor,
+               grad_clip: float | None = None, guard: DivergenceGuard | None = None,
+               num_data: int = 1, adversary: tuple[Any, torch.optim.Optimizer] | None = None) -> torch.Tensor:
+    """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update.
+
+    With a ``guard``, the loss (divided by ``num_data``) and the gradients are checked
+    before the update, so a diverging step raises :class:`TrainingDivergedError` and
+    leaves the parameters as they were. With an adversarial ``objective`` (``aae``/``gan``)
+    the ``adversary`` pair (discriminator, its optimizer) then takes its own step on the
+    real and generated points of this one; its loss is left in ``objective.last_loss``.
+    """
+    try:
+        # Fabric's own forward minus its input conversion, which under bf16-mixed would round the
+        # (dequantized) data itself to bf16: only the networks' arithmetic is lowered. The loss
+        # is then cast to float32, as Fabric's output conversion does for every precision.
+        with fabric.autocast():
+            loss = module._forward_module(x, objective).float()
+    except ValueError as exc:  # torch's distribution validation, on NaN network outputs
+        if guard is None or not str(exc).startswith("Expected parameter"):
+            raise
+        raise guard.fail(f"the network outputs are not finite ({str(exc).splitlines()[0][:160]})") from exc
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    grad_norm = None
+    if grad_clip:
+        # Non-finite gradients are the guard's to report (torch's error would name no epoch).
+        grad_norm = fabric.clip_gradients(module, optimizer, max_norm=grad_clip, error_if_nonfinite=guard is None)
+    if guard is not None:
+        if grad_norm is None:
+            grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
+        guard.check_step(loss, grad_norm, num_data, fabric)
+    optimizer.step()
+    if adversary is not None:
+        _discriminator_step(fabric, objective, *adversary, grad_clip, guard)
+    return loss.detach()
+
+
+def _discriminator_step(fabric, objective: Adversarial, discriminator, optimizer: torch.optim.Optimizer,
+                        grad_clip: float | None, guard: DivergenceGuard | None) -> None:
+    real, fake = objective.pair
+    with fabric.autocast():
+        loss = objective.discriminator_loss(discriminator, real, fake).float()
+    if guard is not None and not bool(torch.isfinite(loss)):
+        raise guard.fail(f"the discriminator's loss is {loss.item()} (not finite)")
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    if grad_clip:
+        fabric.clip_gradients(discriminator, optimizer, max_norm=grad_clip, error_if_nonfinite=guard is None)
+    optimizer.step()
+    objective.last_loss = loss.detach()
+
+
+def fit(
+    config: Config | dict | str | Path | None = None,
+    *,
+    run_dir: str | Path | None = "from-config",
+    resume: str | Path | None = None,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+    prior: Any = None,
+    likelihood: Any = None,
+    encoder: Any = None,
+    decoder: Any = None,
+    vae: VAE | None = None,
+) -> FitResult:
+    """Train a VAE with SVI.
+
+    Args:
+        config: A :class:`~pyro_vae.runs.config.Config`, a mapping, a YAML path, or ``None``
+            for the embedded default (digits).
+        run_dir: Where to write; ``"from-config"`` uses ``config.out``; ``None`` writes nothing.
+        resume: A run directory (or checkpoint) to continue. Its own config is used,
+            except that ``config.train.epochs``, when given, may extend the run.
+        progress: Show a tqdm bar with the running loss.
+        dataset: Use this dataset instead of loading ``config.data``.
+        prior: A ready prior (anything :class:`~pyro_vae.models.vae.VAE` accepts) replacing the
+            config's; recorded in the checkpoint by import path and settings when it can be.
+        likelihood: A ready likelihood, likewise.
+        encoder: A ready encoder module, likewise.
+        decoder: A ready decoder module, likewise.
+        vae: A ready :class:`~pyro_vae.models.vae.VAE` (or subclass) to train instead of building
+            one from the config; its structure and parts are recorded into the run's config.
+
+    Returns:
+        A :class:`FitResult`.
+
+    Raises:
+        TrainingDivergedError: The loss became non-finite or exploded; nothing diverged was saved.
+    """
+    objects = {"prior": prior, "likelihood": likelihood, "encoder": encoder, "decoder": decoder}
+    if vae is not None:
+        if any(v is not None for v in objects.values()):
+            raise ValueError("pass either vae= or its parts (prior=, likelihood=, encoder=, decoder=), not both.")
+        if resume is not None:
+            raise ValueError("resume= continues a saved run; its model is rebuilt from the checkpoint, so drop vae=.")
+    objects["vae"] = vae
+    state, source = None, None
+    if resume is not None:
+        source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
+        state = load_checkpoint(resume, require=("config", "model", "optimizer", "epoch", "rng", "history"))
+        cfg = config_lib.from_dict(state["config"])
+        if config is not None:
+            _check_extension(cfg.train, as_config(config).train.epochs, state["epoch"])
+            cfg.train.epochs = as_config(config).train.epochs
+        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+    else:
+        cfg = as_config(config)
+        run_dir = Path(cfg.out) if run_dir == "from-config" else (Path(run_dir) if run_dir else None)
+    tc = cfg.train
+
+    fabric = make_fabric(tc, run_dir)
+    fabric.launch()
+    with ExitStack() as stack:
+        if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
+            stack.enter_context(runs.locked_run_dir(run_dir))
+        return _fit(cfg, fabric, run_dir, state, progress, dataset, source, objects)
+
+
+def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
+    """Refuse to change the length of a run whose learning rates depend on it.
+
+    ``none``, ``step`` and ``burda`` schedules are functions of the step alone, so a run
+    extended on resume equals one planned with the final length from the start (tested
+    bit for bit). Cosine's rate at every step depends on the planned total, so no
+    extension of a cosine run can equal a run planned for the new length.
+    """
+    if planned.lr_schedule == "cosine" and epochs != planned.epochs and epochs > done:
+        change = "extending" if epochs > planned.epochs else "shortening"
+        raise ConfigError(
+            f"train.lr_schedule 'cosine' was planned for {planned.epochs} epochs; {change} it to {epochs} would not "
+            f"match a run planned for {epochs} from the start; start a new run or use 'step'/'burda'/'none'."
+        )
+
+
+def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
+         dataset: Dataset | None, source: Path | None, objects: dict[str, Any]) -> FitResult:
+    tc = cfg.train
+    ready_vae = objects.pop("vae", None)
+    if state is None:
+        custom = record_parts(cfg, record_vae(cfg, ready_vae) if ready_vae is not None else objects)
+    else:
+        custom = dict(state.get("custom_parts") or {})
+        runs.require_custom_parts(custom, objects, source)
+    pyro.set_rng_seed(tc.seed)
+    dataset = dataset or load_data(cfg)
+    selects_on_val = not (dataset.val_is_test or dataset.no_validation)
+    if not selects_on_val and tc.patience is not None:
+        why = "no validation split (data.val_fraction: 0)" if dataset.no_validation else \
+            "no separate validation split (validation is the test split)"
+        raise ConfigError(
+            f"dataset {cfg.data.name!r} has {why}, so early stopping cannot select on it; remove train.patience."
+        )
+    with pyro.settings.context(module_local_params=True):
+        vae = ready_vae if ready_vae is not None else build_vae(cfg, dataset, **objects)
+    if tuple(vae.event_shape) != tuple(dataset.event_shape):
+        raise ConfigError(f"the VAE models points of shape {tuple(vae.event_shape)} but {cfg.data.name!r} has "
+                          f"{tuple(dataset.event_shape)}; build it with event_shape={tuple(dataset.event_shape)}.")
+    # A PyroModule must run in the parameter mode it was built in: ours are built with
+    # module-local parameters; a ready VAE built outside that context keeps Pyro's global store.
+    local_params = ready_vae is None or hasattr(getattr(vae, "_pyro_context", None), "param_state")
+    transform = build_transform(cfg, dataset, vae)
+    vae.check_data(transform(dataset.train[:2000], train=False))
+    vae.num_data = len(dataset.train)
+
+    optimizer = build_optimizer(tc, vae.parameters())
+    per_rank = math.ceil(len(dataset.train) / fabric.world_size)
+    steps_per_epoch = math.ceil(per_rank / tc.batch_size)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
+    module, optimizer = fabric.setup(vae, optimizer)
+    objective = build_objective(tc)
+    adversary, discriminator = None, None
+    if isinstance(objective, Adversarial):
+        discriminator = objective.bind(vae)
+        adversary = fabric.setup(discriminator, build_optimizer(replace(tc, lr=tc.adversary_lr or tc.lr),
+                                                                discriminator.parameters()))
+        # None of them trains the ELBO (the GAN not even its encoder): the validation ELBO through their
+        # encoder is a loose bound that can fall while the model improves, so best.pt is the last epoch.
+        selects_on_val = False
+
+    history: list[dict] = []
+    start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0
+    guard = DivergenceGuard(lr=tc.lr, last_good="no checkpoint was written (no epoch finished)" if run_dir is not None
+                            else "nothing was saved (run_dir=None)")
+    if state is not None:
+        runs.load_weights(vae, state["model"], source)
+        runs.load_weights(optimizer, state["optimizer"], source, "optimizer")
+        if scheduler is not None and state.get("scheduler"):
+            runs.load_weights(scheduler, state["scheduler"], source, "lr schedule")
+        start_epoch, global_step = state["epoch"], state["global_step"]
+        history, best, bad_epochs = list(state["history"]), state["best_val_elbo"], state["bad_epochs"]
+        if adversary is not None:
+            if "adversary" not in state:
+                raise ConfigError(f"{source} holds no discriminator, so it was not trained with train.objective "
+                                  f"{tc.objective!r}; resume it with the objective it was trained with.")
+            runs.load_weights(discriminator, state["adversary"], source, "discriminator")
+            runs.load_weights(adversary[1], state["adversary_optimizer"], source, "discriminator optimizer")
+        guard.reference = state.get("loss_reference")
+        guard.last_good = f"{source} keeps epoch {start_epoch}, the last good one"
+        restore_rng(state["rng"])
+    if run_dir is not None and fabric.is_global_zero:
+        runs.prepare_run_dir(run_dir, cfg)
+
+    # Under 64-true Fabric has made the parameters float64; the (float32) transformed data follows them.
+    dtype = next(vae.parameters()).dtype
+    train_x = dataset.train.to(fabric.device)
+    # Evaluation draws are fixed, so the metric sets are transformed once, not every epoch.
+    metric_x = transform(train_x[: tc.metrics_max_points], train=False).to(dtype)
+    val_x = transform(dataset.val.to(fabric.device), train=False).to(dtype) if len(dataset.val) else dataset.val
+    warmup_steps = tc.warmup_epochs * steps_per_epoch
+    seen = 0
+    bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
+               desc="train", unit="step")
+    with pyro.settings.context(module_local_params=local_params), bar:
+        for epoch in range(start_epoch, tc.epochs):
+            tic, loss_sum, disc_sum, batches = time.perf_counter(), 0.0, 0.0, 0
+            vae.train()
+            for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
+                                             rank=fabric.global_rank, world_size=fabric.world_size):
+                vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
+                guard.epoch, guard.step = epoch + 1, global_step + 1
+                loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True).to(dtype), tc.grad_clip,
+                                  guard, vae.num_data, adversary)
+                if adversary is not None:
+                    disc_sum += objective.last_loss.item()
+                if scheduler is not None:
+                    scheduler.step()
+                global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
+                loss_sum += loss.item() / vae.num_data
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / batches:.3f}")
+            vae.eval()
+            train_m = epoch_metrics(vae, metric_x, None, fabric)
+            val_m = epoch_metrics(vae, val_x, None, fabric) if len(val_x) else {"elbo": math.nan, "reconstruction": math.nan, "kl": math.nan}
+            # Before anything is saved: checkpoints never receive non-finite parameters.
+            guard.check_epoch(vae, {"train": train_m["elbo"], **({"validation": val_m["elbo"]} if len(val_x) else {})})
+            if discriminator is not None:
+                guard.check_epoch(discriminator, {})
+            row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": vae.beta,
+                   "train_loss": loss_sum / max(batches, 1),
+                   **({"train_discriminator_loss": disc_sum / max(batches, 1)} if adversary is not None else {}),
+                   **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
+                   "seconds": time.perf_counter() - tic}
+            history.append(row)
+            # To Fabric's loggers (TensorBoard), if any; metrics.csv is written below regardless.
+            fabric.log_dict({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
+            # Where validation is the test split, "best" would be chosen on the test set: keep only the last.
+            improved = selects_on_val and val_m["elbo"] > best
+            best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
+            stop = tc.patience is not None and bad_epochs >= tc.patience
+            if run_dir is not None:
+                ckpt = {"config": asdict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
+                        "global_step": global_step, "rng": capture_rng(), "history": history,
+                        "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,
+                        "loss_reference": guard.reference}
+                if adversary is not None:
+                    ckpt.update(adversary=discriminator.state_dict(), adversary_optimizer=adversary[1].state_dict())
+                if fabric.is_global_zero:
+                    runs.save_epoch(run_dir, ckpt, improved)
+                    runs.write_metrics(run_dir, history)
+                fabric.barrier()
+                guard.last_good = f"{run_dir / runs.CHECKPOINT} keeps epoch {epoch + 1}, the last good one"
+            if stop:
+                break
+
+    if adversary is not None and fabric.is_global_zero:
+        check_balance(tc.objective, history)
+    for logger in fabric.loggers:  # flush the event files before the run is read back
+        logger.finalize("success")
+    ddp = None
+    if fabric.world_size > 1:
+        trained = [*vae.parameters(), *(discriminator.parameters() if discriminator is not None else ())]
+        flat = torch.cat([p.detach().flatten() for p in trained])
+        gathered = fabric.all_gather(flat)
+        seen_all = fabric.all_reduce(torch.tensor(float(seen), device=fabric.device), reduce_op="sum")
+        ddp = {"world_size": fabric.world_size, "max_param_diff": (gathered - gathered[0]).abs().max().item(),
+               "examples_seen": int(seen_all.item())}
+        if run_dir is not None and fabric.is_global_zero:
+            (run_dir / "ddp.json").write_text(json.dumps(ddp, indent=2))
+    result = FitResult(vae=vae, config=cfg, dataset=dataset, transform=transform, history=history, run_dir=run_dir, ddp=ddp)
+    if run_dir is not None and fabric.is_global_zero and history:
+        runs.save_run_pictures(result)
+    return result

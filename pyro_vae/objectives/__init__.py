@@ -1,0 +1,1 @@
+"""Training objectives over the target: the importance-weighted bound and the adversarial objectives."""

@@ -1,0 +1,1 @@
+"""Result types: log-likelihood evaluations, reports and their arviz form."""
