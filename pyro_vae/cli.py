@@ -271,14 +271,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
     from pyro_vae.core.errors import CheckpointError
     from pyro_vae.plots.figures import sample_grid
-    from pyro_vae.runs.rundir import load_model, load_run
+    from pyro_vae.runs.rundir import load_model, load_run, read_checkpoint
 
     try:
         vae, _ = load_model(args.run_dir)
+        event_shape = read_checkpoint(args.run_dir)[1]["data_shape"]["event_shape"]
     except CheckpointError:  # a checkpoint from before data shapes were recorded: rebuild through the data
-        vae, _, _, _ = load_run(args.run_dir)
+        vae, _, dataset, _ = load_run(args.run_dir)
+        event_shape = dataset.event_shape
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
-    plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed))
+    plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed, event_shape=event_shape))
     print(f"wrote {args.num} samples (means and draws) to {out}")
     return 0
 

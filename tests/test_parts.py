@@ -241,19 +241,19 @@ def test_fit_takes_ready_parts_and_records_them(tmp_path):
 
 
 def test_fit_takes_a_ready_vae_and_records_its_structure(tmp_path):
-    """fit(vae=VAE(...)) trains that very object and records it, so the run loads in a new process."""
+    """fit(model=VAE(...)) trains that very object and records it, so the run loads in a new process."""
     from conftest import tiny_config
     from pyro_vae.runs.rundir import load_model
     from pyro_vae.jobs.train import fit
     from pyro_vae.models.vae import VAE
 
     vae = VAE((8, 8), latent_dim=3, prior=mog(k=2), levels=17, hidden=[12], activation="tanh")
-    result = fit(tiny_config(tmp_path, train={"epochs": 2}), vae=vae, progress=False)
+    result = fit(tiny_config(tmp_path, train={"epochs": 2}), model=vae, progress=False)
     assert result.vae is vae and result.history[-1]["val_elbo"] > result.history[0]["val_elbo"] - 5
     model = yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]
     assert model["latent_dim"] == 3 and model["net"]["hidden"] == [12] and model["net"]["activation"] == "tanh"
     assert (model["prior"], model["prior_kwargs"]) == ("mog", {"k": 2}) and model["likelihood"] == "categorical"
     loaded, _ = load_model(tmp_path, which="last")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values()))
-    with pytest.raises(ValueError, match="either vae= or its parts"):
-        fit(tiny_config(tmp_path / "x"), vae=vae, prior=mog(k=2), progress=False)
+    with pytest.raises(ValueError, match="either model= or the stock VAE.s parts"):
+        fit(tiny_config(tmp_path / "x"), model=vae, prior=mog(k=2), progress=False)

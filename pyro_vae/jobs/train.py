@@ -21,12 +21,13 @@ import json
 import math
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pyro
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_vae.objectives.adversarial import Adversarial, check_balance
@@ -35,14 +36,15 @@ from pyro_vae.runs import config as config_lib
 from pyro_vae.runs import rundir as runs
 from pyro_vae.runs.build import (
     DataShape,
+    record_model,
     record_parts,
-    record_vae,
     as_config,
     build_objective,
     build_optimizer,
     build_scheduler,
     build_transform,
-    build_vae,
+    build_model,
+    check_data,
     load_data,
     make_fabric,
 )
@@ -51,7 +53,7 @@ from pyro_vae.runs.config import Config, TrainConfig
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import DataTransform, iterate_minibatches
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.target import weight_terms
 
 __all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "DivergenceGuard", "DIVERGENCE_FACTOR"]
 
@@ -131,9 +133,12 @@ class DivergenceGuard:
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the trained model, its data pipeline and history."""
+    """What :func:`fit` returns: the trained model, its data pipeline and history.
 
-    vae: VAE
+    ``vae`` is the trained model: the stock VAE or any model with Pyro ``model``/``guide``.
+    """
+
+    vae: Any
     config: Config
     dataset: Dataset
     transform: DataTransform
@@ -143,7 +148,7 @@ class FitResult:
 
 
 @torch.no_grad()
-def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None, fabric=None,
+def epoch_metrics(vae: Any, x_raw: torch.Tensor, transform: DataTransform | None, fabric=None,
                   batch_size: int = 512) -> dict[str, float]:
     """Per-datapoint ELBO, reconstruction and KL (nats), means over ``x_raw``.
 
@@ -157,7 +162,7 @@ def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None
     for start in range(0, len(shard), batch_size):
         x = shard[start : start + batch_size]
         x = x if transform is None else transform(x, train=False)
-        recon, kl, _ = vae.elbo_terms(x)
+        recon, kl = elbo_terms(vae, x)
         totals += torch.stack([recon.sum(), kl.sum(), torch.tensor(float(len(x)), device=recon.device)]).double()
     if fabric is not None and world > 1:
         totals = fabric.all_reduce(totals, reduce_op="sum")
@@ -165,12 +170,44 @@ def epoch_metrics(vae: VAE, x_raw: torch.Tensor, transform: DataTransform | None
     return {"elbo": (recon - kl) / n, "reconstruction": recon / n, "kl": kl / n}
 
 
+def elbo_terms(model: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-datapoint reconstruction ``E_q log p(x|z)`` and ``KL(q || p)`` of one draw, unscaled.
+
+    The model's own ``elbo_terms`` when it has one (the stock VAE's, with the analytic KL),
+    else read off one traced draw of any model and guide.
+    """
+    own = getattr(model, "elbo_terms", None)
+    if own is not None:
+        recon, kl, _ = own(x)
+        return recon, kl
+    terms = weight_terms(model.model, model.guide, x, num_samples=1)
+    return terms.log_lik[0], (terms.log_q - terms.log_prior)[0]
+
+
+class TrainingLoss(nn.Module):
+    """What Fabric sets up: ``forward`` is the objective's loss of the model, so DDP all-reduces its gradients.
+
+    The loss is scaled to the data set (``scale = num_data / batch``), as SVI's is, and
+    ``beta`` weights the latent sites (KL warm-up); the model itself is any Pyro program.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, objective: Any, beta: float = 1.0, scale: float = 1.0) -> torch.Tensor:
+        return objective.training_loss(self.model, x, beta) * scale
+
+
 def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: torch.Tensor,
                grad_clip: float | None = None, guard: DivergenceGuard | None = None,
-               num_data: int = 1, adversary: tuple[Any, torch.optim.Optimizer] | None = None) -> torch.Tensor:
+               num_data: int | None = None, adversary: tuple[Any, torch.optim.Optimizer] | None = None,
+               beta: float = 1.0) -> torch.Tensor:
     """One SVI step: loss, backward (all-reduced under DDP), optional clipping, update.
 
-    With a ``guard``, the loss (divided by ``num_data``) and the gradients are checked
+    ``module`` is a :class:`TrainingLoss` set up by Fabric. The loss is scaled to ``num_data``
+    points (``None``: the batch is the data set). With a ``guard``, the loss (divided by
+    ``num_data``) and the gradients are checked
     before the update, so a diverging step raises :class:`TrainingDivergedError` and
     leaves the parameters as they were. With an adversarial ``objective`` (``aae``/``gan``)
     the ``adversary`` pair (discriminator, its optimizer) then takes its own step on the
@@ -181,7 +218,8 @@ def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: t
         # (dequantized) data itself to bf16: only the networks' arithmetic is lowered. The loss
         # is then cast to float32, as Fabric's output conversion does for every precision.
         with fabric.autocast():
-            loss = module._forward_module(x, objective).float()
+            scale = 1.0 if num_data is None else num_data / x.shape[0]
+            loss = module._forward_module(x, objective, beta, scale).float()
     except ValueError as exc:  # torch's distribution validation, on NaN network outputs
         if guard is None or not str(exc).startswith("Expected parameter"):
             raise
@@ -196,7 +234,7 @@ def train_step(fabric, module, optimizer: torch.optim.Optimizer, objective, x: t
         if grad_norm is None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             grad_norm = torch.nn.utils.get_total_norm(grads) if grads else loss.new_zeros(())
-        guard.check_step(loss, grad_norm, num_data, fabric)
+        guard.check_step(loss, grad_norm, num_data or x.shape[0], fabric)
     optimizer.step()
     if adversary is not None:
         _discriminator_step(fabric, objective, *adversary, grad_clip, guard)
@@ -229,9 +267,9 @@ def fit(
     likelihood: Any = None,
     encoder: Any = None,
     decoder: Any = None,
-    vae: VAE | None = None,
+    model: Any = None,
 ) -> FitResult:
-    """Train a VAE with SVI.
+    """Train a VAE, or any Pyro model and guide, with SVI.
 
     Args:
         config: A :class:`~pyro_vae.runs.config.Config`, a mapping, a YAML path, or ``None``
@@ -246,8 +284,12 @@ def fit(
         likelihood: A ready likelihood, likewise.
         encoder: A ready encoder module, likewise.
         decoder: A ready decoder module, likewise.
-        vae: A ready :class:`~pyro_vae.models.vae.VAE` (or subclass) to train instead of building
-            one from the config; its structure and parts are recorded into the run's config.
+        model: A ready model to train instead of building one from the config: a
+            :class:`~pyro_vae.models.vae.VAE` (or subclass), whose structure and parts are
+            recorded into the run's config, or any ``nn.Module`` with Pyro ``model(x)`` and
+            ``guide(x)`` whose latent sites lie in the data plate, recorded as
+            ``model: {name: "package.module:Class", **settings}`` (its settings are known
+            when it subclasses :class:`~pyro_vae.core.records.RecordsSettings`).
 
     Returns:
         A :class:`FitResult`.
@@ -256,12 +298,9 @@ def fit(
         TrainingDivergedError: The loss became non-finite or exploded; nothing diverged was saved.
     """
     objects = {"prior": prior, "likelihood": likelihood, "encoder": encoder, "decoder": decoder}
-    if vae is not None:
-        if any(v is not None for v in objects.values()):
-            raise ValueError("pass either vae= or its parts (prior=, likelihood=, encoder=, decoder=), not both.")
-        if resume is not None:
-            raise ValueError("resume= continues a saved run; its model is rebuilt from the checkpoint, so drop vae=.")
-    objects["vae"] = vae
+    if model is not None and any(v is not None for v in objects.values()):
+        raise ValueError("pass either model= or the stock VAE's parts (prior=, likelihood=, encoder=, decoder=), not both.")
+    objects["model"] = model
     state, source = None, None
     if resume is not None:
         source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
@@ -303,12 +342,14 @@ def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
 def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, progress: bool,
          dataset: Dataset | None, source: Path | None, objects: dict[str, Any]) -> FitResult:
     tc = cfg.train
-    ready_vae = objects.pop("vae", None)
+    ready = objects.pop("model", None)
     if state is None:
-        custom = record_parts(cfg, record_vae(cfg, ready_vae) if ready_vae is not None else objects)
+        custom = record_model(cfg, ready) if ready is not None else record_parts(cfg, objects)
     else:
         custom = dict(state.get("custom_parts") or {})
-        runs.require_custom_parts(custom, objects, source)
+        if ready is not None and "model" not in custom:
+            raise ValueError("resume= continues a saved run; its model is rebuilt from the checkpoint, so drop model=.")
+        runs.require_custom_parts(custom, {**objects, "model": ready}, source)
     pyro.set_rng_seed(tc.seed)
     dataset = dataset or load_data(cfg)
     selects_on_val = not (dataset.val_is_test or dataset.no_validation)
@@ -319,22 +360,26 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             f"dataset {cfg.data.name!r} has {why}, so early stopping cannot select on it; remove train.patience."
         )
     with pyro.settings.context(module_local_params=True):
-        vae = ready_vae if ready_vae is not None else build_vae(cfg, dataset, **objects)
-    if tuple(vae.event_shape) != tuple(dataset.event_shape):
-        raise ConfigError(f"the VAE models points of shape {tuple(vae.event_shape)} but {cfg.data.name!r} has "
+        vae = ready if ready is not None else build_model(cfg, dataset, **objects)
+    if not isinstance(vae, nn.Module) or not (callable(getattr(vae, "model", None)) and callable(getattr(vae, "guide", None))):
+        raise TypeError(f"fit trains an nn.Module (e.g. a PyroModule) with Pyro model(x) and guide(x) methods; got "
+                        f"{type(vae).__name__}.")
+    shape = getattr(vae, "event_shape", None)
+    if shape is not None and tuple(shape) != tuple(dataset.event_shape):
+        raise ConfigError(f"the model's points have shape {tuple(shape)} but {cfg.data.name!r} has "
                           f"{tuple(dataset.event_shape)}; build it with event_shape={tuple(dataset.event_shape)}.")
     # A PyroModule must run in the parameter mode it was built in: ours are built with
     # module-local parameters; a ready VAE built outside that context keeps Pyro's global store.
-    local_params = ready_vae is None or hasattr(getattr(vae, "_pyro_context", None), "param_state")
+    local_params = ready is None or hasattr(getattr(vae, "_pyro_context", None), "param_state")
     transform = build_transform(cfg, dataset, vae)
-    vae.check_data(transform(dataset.train[:2000], train=False))
-    vae.num_data = len(dataset.train)
+    check_data(vae, transform(dataset.train[:2000], train=False))
+    num_data = len(dataset.train)
 
     optimizer = build_optimizer(tc, vae.parameters())
     per_rank = math.ceil(len(dataset.train) / fabric.world_size)
     steps_per_epoch = math.ceil(per_rank / tc.batch_size)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch)
-    module, optimizer = fabric.setup(vae, optimizer)
+    module, optimizer = fabric.setup(TrainingLoss(vae), optimizer)
     objective = build_objective(tc)
     adversary, discriminator = None, None
     if isinstance(objective, Adversarial):
@@ -375,6 +420,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     metric_x = transform(train_x[: tc.metrics_max_points], train=False).to(dtype)
     val_x = transform(dataset.val.to(fabric.device), train=False).to(dtype) if len(dataset.val) else dataset.val
     warmup_steps = tc.warmup_epochs * steps_per_epoch
+    beta = tc.beta
     seen = 0
     bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
                desc="train", unit="step")
@@ -384,16 +430,16 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             vae.train()
             for x_raw in iterate_minibatches(train_x, tc.batch_size, seed=tc.seed, epoch=epoch,
                                              rank=fabric.global_rank, world_size=fabric.world_size):
-                vae.beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
+                beta = tc.beta * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else tc.beta
                 guard.epoch, guard.step = epoch + 1, global_step + 1
                 loss = train_step(fabric, module, optimizer, objective, transform(x_raw, train=True).to(dtype), tc.grad_clip,
-                                  guard, vae.num_data, adversary)
+                                  guard, num_data, adversary, beta)
                 if adversary is not None:
                     disc_sum += objective.last_loss.item()
                 if scheduler is not None:
                     scheduler.step()
                 global_step, batches, seen = global_step + 1, batches + 1, seen + len(x_raw)
-                loss_sum += loss.item() / vae.num_data
+                loss_sum += loss.item() / num_data
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / batches:.3f}")
             vae.eval()
@@ -403,7 +449,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             guard.check_epoch(vae, {"train": train_m["elbo"], **({"validation": val_m["elbo"]} if len(val_x) else {})})
             if discriminator is not None:
                 guard.check_epoch(discriminator, {})
-            row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": vae.beta,
+            row = {"epoch": epoch + 1, "step": global_step, "lr": optimizer.param_groups[0]["lr"], "beta": beta,
                    "train_loss": loss_sum / max(batches, 1),
                    **({"train_discriminator_loss": disc_sum / max(batches, 1)} if adversary is not None else {}),
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
@@ -416,7 +462,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
             stop = tc.patience is not None and bad_epochs >= tc.patience
             if run_dir is not None:
-                ckpt = {"config": asdict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                ckpt = {"config": config_lib.to_dict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
                         "global_step": global_step, "rng": capture_rng(), "history": history,
                         "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,

@@ -42,11 +42,13 @@ from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.nets import ENCODERS, DECODERS
 from pyro_vae.models.priors import PRIORS
 
-__all__ = ["KINDS", "register", "is_import_path", "import_object", "lookup", "settings_of", "check_settings", "spec_of", "registered_name", "MODELS"]
+__all__ = ["KINDS", "register", "is_import_path", "import_object", "lookup", "settings_of", "check_settings", "spec_of", "registered_name", "MODELS", "VAE_CLASSES"]
 
-MODELS: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the stock VAE needs no name)
+VAE_CLASSES: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the stock VAE needs no name)
+MODELS: dict[str, Callable[..., Any]] = {}  # registered models: any class with Pyro model(x) and guide(x)
 KINDS: dict[str, dict[str, Callable[..., Any]]] = {
-    "prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS, "vae": MODELS,
+    "prior": PRIORS, "likelihood": LIKELIHOODS, "encoder": ENCODERS, "decoder": DECODERS, "vae": VAE_CLASSES,
+    "model": MODELS,
 }
 
 

@@ -32,20 +32,20 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions import constraints
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from pyro_vae.data.files import MAX_LEVELS
-from pyro_vae.objectives.adversarial import Adversarial
-from pyro_vae.objectives.iwae import IWAE
-from pyro_vae.runs.config import ModelConfig, NetConfig
 from pyro_vae.models.likelihoods import check_support, resolve_likelihood
 from pyro_vae.models.nets import make_decoder, make_encoder
 from pyro_vae.models.priors import prior_log_density, resolve_prior
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "DEFAULTS"]
+
+# The stock VAE's defaults, written once: the config (pyro_vae.runs.config) and the CLI read them from here.
+# latent_dim 4, not more: on the embedded digits the prior's samples then read as digits; larger z leaves holes.
+DEFAULTS = {"latent_dim": 4, "prior": "normal", "likelihood": "auto", "net": "mlp", "hidden": None, "activation": "relu"}
 
 
 class VAE(PyroModule):
@@ -79,12 +79,12 @@ class VAE(PyroModule):
     def __init__(
         self,
         event_shape: Sequence[int],
-        latent_dim: int = ModelConfig.latent_dim,
-        prior: Any = ModelConfig.prior,
-        likelihood: Any = ModelConfig.likelihood,
-        net: str = NetConfig.kind,
-        hidden: Sequence[int] | None = NetConfig.hidden,
-        activation: str = NetConfig.activation,
+        latent_dim: int = DEFAULTS["latent_dim"],
+        prior: Any = DEFAULTS["prior"],
+        likelihood: Any = DEFAULTS["likelihood"],
+        net: str = DEFAULTS["net"],
+        hidden: Sequence[int] | None = DEFAULTS["hidden"],
+        activation: str = DEFAULTS["activation"],
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         levels: int | None = None,
@@ -190,26 +190,6 @@ class VAE(PyroModule):
             with self._kl_scale():
                 return pyro.sample("z", self.encode(x))
 
-    def forward(self, x: Tensor, objective: Any) -> Tensor:
-        """The training loss of ``objective`` on ``x`` (lets DDP wrap the whole step).
-
-        For the stock model and guide with ``Trace_ELBO`` or ``TraceMeanField_ELBO``,
-        the loss is computed directly from the distributions, skipping Pyro's tracing:
-        the same draws from the same RNG calls give the same number as
-        ``objective.differentiable_loss(self.model, self.guide, x)`` (tested), at the
-        speed of a hand-written VAE. Anything else goes through Pyro.
-        """
-        if isinstance(objective, Adversarial):  # aae/gan: the generator's half of the step
-            return objective.generator_loss(self, x)
-        if self._direct_elbo_applies(objective):
-            return self._direct_elbo_loss(x, objective)
-        if self._direct_iwae_applies(objective):
-            return self._direct_iwae_loss(x, objective.num_particles)
-        if self._stock():  # Pyro would refuse bad data too, but with a page of tensor values
-            self._check_shape(x)
-            self._check_support(x)
-        return objective.differentiable_loss(self.model, self.guide, x)
-
     @property
     def overridden(self) -> frozenset[str]:
         """Which of ``model``, ``guide``, ``encode``, ``decode`` a subclass replaces.
@@ -222,41 +202,25 @@ class VAE(PyroModule):
     def _stock(self) -> bool:
         return not self.overridden
 
-    def _direct_elbo_applies(self, objective: Any) -> bool:
-        # Exact types only: a subclass may change the estimator, a VAE subclass the model.
-        return (
-            type(objective) in (Trace_ELBO, TraceMeanField_ELBO)
-            and self._stock()
-            and (objective.num_particles == 1 or objective.vectorize_particles)
-        )
+    # -- fused losses offered to the objectives (pyro_vae.objectives) -------------------
 
-    def _direct_iwae_applies(self, objective: Any) -> bool:
-        return type(objective) is IWAE and objective.max_plate_nesting == 1 and self._stock()
+    def fused_elbo_loss(self, x: Tensor, num_particles: int = 1, meanfield: bool = False,
+                        beta: float = 1.0) -> Tensor | None:
+        """``-ELBO`` summed over ``x`` without tracing, or ``None`` where it would not equal the traced loss.
 
-    def _direct_iwae_loss(self, x: Tensor, k: int) -> Tensor:
-        """:class:`~pyro_vae.objectives.iwae.IWAE` without tracing: same draws, same number (tested).
-
-        ``log w = log p(x|z) + beta (log p(z) - log q(z|x))``, the minibatch scale applied
-        after the log-sum-exp over the ``k`` draws, as in the traced objective.
+        The same draws from the same RNG calls give the same number and gradients as
+        ``Trace_ELBO`` (``TraceMeanField_ELBO`` with ``meanfield``) on ``model``/``guide``
+        with ``beta`` on the latent site (tested), at the speed of a hand-written VAE.
+        ``None`` when a subclass replaces ``model``, ``guide``, ``encode`` or ``decode``.
         """
-        modules = self._modules
-        self._check_shape(x)
-        self._check_support(x)
-        loc, scale = modules["encoder"](x)
-        q = dist.Normal(loc, scale).to_event(1)
-        z = q.rsample((k,))
-        log_lik = modules["likelihood"].log_likelihood(modules["decoder"](z), x)
-        log_w = log_lik + self.beta * (modules["prior"]().log_prob(z) - q.log_prob(z))
-        data_scale = 1.0 if self.num_data is None else self.num_data / x.shape[0]
-        return -data_scale * (torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
-
-    def _direct_elbo_loss(self, x: Tensor, objective: Any) -> Tensor:
+        if not self._stock():
+            return None
         # Plain attribute lookups: PyroModule's hooks would emit param statements per access.
         modules = self._modules
         self._check_shape(x)
         self._check_support(x)
         loc, scale = modules["encoder"](x)
-        k = objective.num_particles
+        k = num_particles
         # Normal.rsample's own recipe (the same RNG call, so the same draw as the traced guide);
         # with the noise at hand, log q(z|x) needs no (z - loc)^2 / scale^2 pass.
         eps = torch.empty((k, *loc.shape) if k > 1 else loc.shape, dtype=loc.dtype, device=loc.device).normal_()
@@ -266,7 +230,7 @@ class VAE(PyroModule):
         # Totals over particles and points, not per-point terms: the loss needs only the sum,
         # and every small op saved is an autograd node saved, forward and backward.
         kl_total = None
-        if type(objective) is TraceMeanField_ELBO:
+        if meanfield:
             try:
                 kl_total = k * torch.distributions.kl_divergence(dist.Normal(loc, scale).to_event(1), prior()).sum()
             except NotImplementedError:
@@ -275,8 +239,26 @@ class VAE(PyroModule):
             log_q_total = (eps.square().sum().mul(-0.5) - k * scale.log().sum()
                            - 0.5 * eps.numel() * math.log(2 * math.pi))
             kl_total = log_q_total - prior_log_density(prior, z).sum()
-        data_scale = 1.0 if self.num_data is None else self.num_data / x.shape[0]
-        return (log_lik.sum() - self.beta * kl_total).mul(-data_scale / k)
+        return (log_lik.sum() - beta * kl_total).mul(-1.0 / k)
+
+    def fused_iwae_loss(self, x: Tensor, num_particles: int, beta: float = 1.0) -> Tensor | None:
+        """The IWAE loss without tracing (same draws, same number as the traced objective), or ``None``.
+
+        ``log w = log p(x|z) + beta (log p(z) - log q(z|x))``, the log-sum-exp over the
+        ``num_particles`` draws per point, summed over points.
+        """
+        if not self._stock():
+            return None
+        modules = self._modules
+        self._check_shape(x)
+        self._check_support(x)
+        k = num_particles
+        loc, scale = modules["encoder"](x)
+        q = dist.Normal(loc, scale).to_event(1)
+        z = q.rsample((k,))
+        log_lik = modules["likelihood"].log_likelihood(modules["decoder"](z), x)
+        log_w = log_lik + beta * (modules["prior"]().log_prob(z) - q.log_prob(z))
+        return -(torch.logsumexp(log_w, dim=0) - math.log(k)).sum()
 
     # -- conveniences -------------------------------------------------------------------
 

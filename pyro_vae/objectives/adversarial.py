@@ -159,6 +159,10 @@ class Adversarial:
 
     def bind(self, vae: Any) -> Discriminator:
         """Build the discriminator for ``vae`` (on its device and dtype) and return it."""
+        missing = [a for a in ("encode", "decode", "prior", "likelihood", "latent_dim") if not hasattr(vae, a)]
+        if missing:
+            raise ConfigError(f"train.objective {self.name!r} trains the stock VAE's encoder and decoder, and "
+                              f"{type(vae).__name__} has no {', '.join(missing)}; use objective elbo, meanfield or iwae.")
         p = next(vae.parameters())
         self.discriminator = Discriminator(self.features(vae), self.hidden).to(device=p.device, dtype=p.dtype)
         return self.discriminator
@@ -179,13 +183,13 @@ class Adversarial:
         logits = discriminator(torch.cat([real, fake]))
         return F.softplus(-logits[: len(real)]).mean() + F.softplus(logits[len(real):]).mean()
 
-    @staticmethod
-    def _scale(vae: Any, batch: int) -> float:
-        # Scaled to the whole data set like SVI's loss, so the divergence guard reads it per point.
-        return (vae.num_data or batch) / batch
-
     def generator_loss(self, vae: Any, x: Tensor) -> Tensor:
+        """The generator's loss summed over the batch's points (the trainer scales it to the data set)."""
         raise NotImplementedError
+
+    def training_loss(self, model: Any, x: Tensor, beta: float = 1.0) -> Tensor:
+        """:meth:`generator_loss`; ``beta`` has no KL term to weight here (the config refuses it)."""
+        return self.generator_loss(model, x)
 
 
 class AAE(Adversarial):
@@ -218,7 +222,7 @@ class AAE(Adversarial):
         with torch.no_grad():
             real = vae.prior().sample((len(x),))
         self.pair = (real, z.detach())
-        return self._scale(vae, len(x)) * (self.weight * self._fooled(z) - reconstruction).sum()
+        return (self.weight * self._fooled(z) - reconstruction).sum()
 
 
 class GAN(Adversarial):
@@ -261,7 +265,7 @@ class GAN(Adversarial):
     def generator_loss(self, vae: Any, x: Tensor) -> Tensor:
         real, fake, _ = self._model_draws(vae, x)
         self.pair = (real, fake.detach())
-        return self._scale(vae, len(x)) * self.weight * self._fooled(fake).sum()
+        return self.weight * self._fooled(fake).sum()
 
 
 class ALI(GAN):
@@ -292,7 +296,7 @@ class ALI(GAN):
         decoded = torch.cat([fake, z], dim=1)
         self.pair = (encoded.detach(), decoded.detach())
         fooled = self._fooled(decoded) + self._fooled(encoded, as_real=False)
-        return self._scale(vae, len(x)) * self.weight * fooled.sum()
+        return self.weight * fooled.sum()
 
 
 ADVERSARIAL = {"aae": AAE, "gan": GAN, "ali": ALI}

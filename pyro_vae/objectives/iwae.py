@@ -23,6 +23,7 @@ from pyro.infer.elbo import ELBO
 from torch import Tensor
 
 from pyro_vae.models.target import weight_terms
+from pyro_vae.objectives.base import scale_latents
 
 __all__ = ["IWAE"]
 
@@ -46,8 +47,18 @@ class IWAE(ELBO):
         torch.Size([])
     """
 
+    name = "iwae"
+
     def __init__(self, num_particles: int = 5, max_plate_nesting: int = 1) -> None:
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting)
+
+    def training_loss(self, model: Any, x: Tensor, beta: float = 1.0) -> Tensor:
+        """The loss of the training step: the model's fused kernel (``fused_iwae_loss``) if it offers one, else traced."""
+        fused = getattr(model, "fused_iwae_loss", None)
+        loss = fused(x, self.num_particles, beta) if fused is not None and self.max_plate_nesting == 1 else None
+        if loss is None:
+            loss = self.differentiable_loss(scale_latents(model.model, beta), scale_latents(model.guide, beta), x)
+        return loss
 
     def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> Tensor:
         terms = weight_terms(

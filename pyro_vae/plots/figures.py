@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib
 import matplotlib.ticker
@@ -31,28 +31,32 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from pyro_vae.models.views import generate, reconstruct  # noqa: E402
 from pyro_vae.results.report import ACTIVE_THRESHOLD, COLLAPSE_KL  # noqa: E402  (the thresholds the report counts with)
 
 if TYPE_CHECKING:
     from pyro_vae.results.report import Evaluation
-    from pyro_vae.models.vae import VAE
 
 __all__ = ["to_images", "image_grid", "is_tabular", "sample_grid", "reconstruction_grid", "training_curves"]
 
 MAX_FEATURES = 12  # tabular pictures show the first features only: a panel per feature stays readable
 
 
-def is_tabular(vae: "VAE") -> bool:
+def is_tabular(vae: Any, event_shape: Sequence[int] | None = None) -> bool:
     """Whether datapoints are feature vectors (``event_shape`` of one dimension), not images."""
-    return len(vae.event_shape) == 1
+    return len(event_shape if event_shape is not None else vae.event_shape) == 1
 
 
-def to_images(x: Tensor, vae: "VAE") -> Tensor:
-    """Model-space image values -> ``(N, C, H, W)`` grey images in [0, 1]."""
+def to_images(x: Tensor, vae: Any, event_shape: Sequence[int] | None = None) -> Tensor:
+    """Model-space image values -> ``(N, C, H, W)`` grey images in [0, 1].
+
+    Level-valued data (a likelihood over integer levels) are divided by ``levels - 1``.
+    """
     x = x.detach().float().cpu()
-    if vae.likelihood.wants_levels and vae.levels:
-        x = x / (vae.levels - 1)
-    shape = vae.event_shape
+    levels = getattr(vae, "levels", None)
+    if getattr(getattr(vae, "likelihood", None), "wants_levels", False) and levels:
+        x = x / (levels - 1)
+    shape = tuple(event_shape) if event_shape is not None else tuple(vae.event_shape)
     if len(shape) == 1:  # feature vectors: one strip per point (run pictures draw them per feature instead)
         x = x.reshape(-1, 1, 1, shape[0])
     else:
@@ -100,25 +104,27 @@ def _feature_axes(num: int):
 
 
 @torch.no_grad()
-def sample_grid(vae: "VAE", n: int = 64, path: str | Path | None = None, seed: int = 0, run: str | None = None,
-                data: Tensor | None = None):
+def sample_grid(vae: Any, n: int = 64, path: str | Path | None = None, seed: int = 0, run: str | None = None,
+                data: Tensor | None = None, event_shape: Sequence[int] | None = None):
     """Samples from the model: the mean of p(x|z) beside a draw x ~ p(x|z), same z.
 
     The familiar smooth VAE samples are the *means*; the model's actual samples are the
     noisy draws on the right. For tabular data, per-feature histograms of ``max(n, 2000)``
     draws x ~ p(x|z) instead, over the histogram of ``data`` (model space) when given.
+    ``vae`` is any model with Pyro ``model``/``guide`` (see :func:`pyro_vae.models.views.generate`);
+    ``event_shape`` defaults to ``vae.event_shape``.
     """
+    shape = tuple(event_shape) if event_shape is not None else tuple(vae.event_shape)
+    tabular = is_tabular(vae, shape)
     with torch.random.fork_rng():  # fixed draws that leave the caller's RNG alone
         torch.manual_seed(seed)
-        d = vae.decode(vae.prior().sample((max(n, 2000) if is_tabular(vae) else n,)))
-        draw = d.sample()
-    if is_tabular(vae):
+        mean, draw = generate(vae, max(n, 2000) if tabular else n, shape)
+    if tabular:
         return _feature_histograms(draw.cpu(), data, path, run)
-    mean = vae.likelihood.mean(d)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.5))
     nrow = int(n**0.5)
-    image_grid(to_images(mean, vae), nrow, axes[0], "mean of p(x|z)")
-    image_grid(to_images(draw, vae), nrow, axes[1], "draw x ~ p(x|z)")
+    image_grid(to_images(mean, vae, shape), nrow, axes[0], "mean of p(x|z)")
+    image_grid(to_images(draw, vae, shape), nrow, axes[1], "draw x ~ p(x|z)")
     _suptitle(fig, "samples of the model, z ~ p(z)", run)
     return _save(fig, path)
 
@@ -143,16 +149,17 @@ def _feature_histograms(draws: Tensor, data: Tensor | None, path, run):
 
 
 @torch.no_grad()
-def reconstruction_grid(vae: "VAE", x: Tensor, path: str | Path | None = None, run: str | None = None):
+def reconstruction_grid(vae: Any, x: Tensor, path: str | Path | None = None, run: str | None = None):
     """Datapoints above their reconstructions, the mean of p(x | z = E_q[z|x]); rows are labelled.
 
     For tabular data: each feature's reconstruction against its data value, on the
     diagonal where reconstruction is perfect.
     """
-    recon = vae.reconstruct(x)
-    if is_tabular(vae):
+    recon = reconstruct(vae, x)
+    shape = tuple(x.shape[1:])
+    if is_tabular(vae, shape):
         return _feature_scatter(x, recon, path, run)
-    originals, recons = to_images(x, vae), to_images(recon, vae)
+    originals, recons = to_images(x, vae, shape), to_images(recon, vae, shape)
     per_row = 8
     rows = []
     for start in range(0, len(originals), per_row):

@@ -24,20 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro import poutine
+from pyro.distributions import constraints
+from pyro.poutine.util import site_is_subsample
+from torch import nn
 
 from pyro_vae.runs import config as config_lib
 from pyro_vae.models import parts
-from pyro_vae.runs.config import Config, TrainConfig
+from pyro_vae.runs.config import MODEL_RESERVED, STOCK_MODEL, Config, TrainConfig
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.datasets import Dataset, load_dataset
 from pyro_vae.models.likelihoods import resolve_likelihood
 from pyro_vae.objectives.adversarial import ADVERSARIAL
+from pyro_vae.objectives.elbo import ELBO
 from pyro_vae.objectives.iwae import IWAE
 from pyro_vae.data.transforms import DataTransform
 from pyro_vae.models.vae import VAE
 
-__all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "record_vae", "OBJECT_KINDS", "build_vae", "build_transform", "build_objective",
+__all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "record_vae", "record_model", "OBJECT_KINDS",
+           "build_model", "build_vae", "build_transform", "observed_support", "check_data", "build_objective",
            "build_optimizer", "build_scheduler", "make_fabric"]
 
 
@@ -187,18 +192,153 @@ def build_vae(cfg: Config, data: Dataset | DataShape, **objects: Any) -> VAE:
     )
 
 
-def build_transform(cfg: Config, data: Dataset | DataShape, vae: VAE) -> DataTransform:
-    """What the likelihood sees: levels, binary values, dequantized or grey values."""
-    if vae.likelihood.wants_levels:
+def observed_support(model: Any, event_shape: tuple[int, ...]) -> constraints.Constraint:
+    """The support of the model's observed site, read off one trace on a placeholder batch of two points.
+
+    Raises:
+        ValueError: The model has no observed site, or several with different supports.
+    """
+    placeholder = torch.zeros(2, *event_shape, dtype=_dtype_of(model))
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):  # reading a trace must not shift the run's draws
+        trace = poutine.trace(model.model).get_trace(placeholder)
+    observed = {name: site["fn"].support for name, site in trace.nodes.items()
+                if site["type"] == "sample" and site["is_observed"] and not site_is_subsample(site)}
+    if not observed:
+        raise ValueError(f"{type(model).__name__}.model(x) has no observed sample site: it must score the data with "
+                         "pyro.sample(name, distribution, obs=x).")
+    supports = set(map(repr, observed.values()))
+    if len(supports) > 1:
+        raise ValueError(f"{type(model).__name__}.model(x) observes x at sites with different supports "
+                         f"{dict((k, repr(v)) for k, v in observed.items())}; one data representation is needed.")
+    return next(iter(observed.values()))
+
+
+def _dtype_of(model: Any) -> torch.dtype:
+    params = list(model.parameters()) if hasattr(model, "parameters") else []
+    return params[0].dtype if params else torch.get_default_dtype()
+
+
+def _base_support(support: constraints.Constraint) -> constraints.Constraint:
+    while hasattr(support, "base_constraint"):  # independent(...) wraps the elementwise constraint
+        support = support.base_constraint
+    return support
+
+
+def check_data(model: Any, x: torch.Tensor) -> None:
+    """Refuse data outside the model's observed support, naming the site and the fix.
+
+    The stock VAE checks itself (``check_data``); any other model's observed sites are
+    traced once on ``x`` and their supports checked elementwise.
+    """
+    own = getattr(model, "check_data", None)
+    if own is not None:
+        own(x)
+        return
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        trace = poutine.trace(model.model).get_trace(x)
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+            continue
+        support = _base_support(site["fn"].support)
+        if constraints.is_dependent(support):
+            continue
+        bad = ~support.check(site["value"])
+        if bool(bad.any()):
+            value = site["value"][bad].flatten()[0].item()
+            raise ValueError(f"site {name!r}: {int(bad.sum())} data values lie outside the support {support} of its "
+                             f"{type(site['fn']).__name__} (e.g. {value:g}); transform the data to match it "
+                             "(see data.binarize, data.dequantize).")
+
+
+def build_model(cfg: Config, data: Dataset | DataShape, **objects: Any) -> nn.Module:
+    """The model a config describes, shaped for ``data``: the stock VAE, or a named model.
+
+    A named model (``model.name``: a registered name or an import path) is called with its
+    settings, plus ``event_shape`` and ``levels`` when its constructor takes them.
+
+    Args:
+        cfg: The config.
+        data: The dataset, or just its :class:`DataShape`.
+        **objects: Ready parts: the stock VAE's (``prior=``, ...) or, for a model whose
+            checkpoint could not record it, ``model=`` itself.
+    """
+    ready = objects.pop("model", None)
+    if ready is not None:
+        return ready
+    if cfg.model.name == STOCK_MODEL:
+        return build_vae(cfg, data, **objects)
+    given = sorted(k for k, v in objects.items() if v is not None)
+    if given:
+        raise ConfigError(f"{', '.join(f'{k}=' for k in given)} replace parts of the stock VAE, but model.name is "
+                          f"{cfg.model.name!r}; build those parts into your model instead.")
+    cls = parts.lookup("model", cfg.model.name)
+    accepted = parts.settings_of(cls)
+    shape = {"event_shape": tuple(data.event_shape), "levels": data.levels}
+    model = cls(**cfg.model.settings, **{k: v for k, v in shape.items() if k in accepted})
+    if not isinstance(model, nn.Module) or not all(callable(getattr(model, m, None)) for m in ("model", "guide")):
+        raise ConfigError(f"model.name {cfg.model.name!r} built a {type(model).__name__}; a model must be an nn.Module "
+                          "(e.g. a pyro.nn.PyroModule) with Pyro model(x) and guide(x) methods.")
+    return model
+
+
+def record_model(cfg: Config, model: nn.Module) -> dict[str, str]:
+    """Write a ready model into ``cfg`` so that a checkpoint rebuilds it; what could not be recorded, as :func:`record_parts`.
+
+    A :class:`~pyro_vae.models.vae.VAE` is recorded by its structure and parts; any other
+    model by ``(registered name or import path of its class, settings)``. Its settings
+    are known when the class records them (:class:`~pyro_vae.core.records.RecordsSettings`);
+    ``event_shape`` and ``levels`` are left out, since the data shape supplies them.
+    """
+    if isinstance(model, VAE):
+        return record_parts(cfg, record_vae(cfg, model))
+    recorded = getattr(model, "_part_spec", None)
+    cls = type(model)
+    name = parts.registered_name("model", cls)
+    if name is None:
+        module, qualname = cls.__module__, cls.__qualname__
+        if module == "__main__" or "<" in qualname:
+            why = (f"model {cls.__name__} is defined in {module}{' (a local class)' if '<' in qualname else ''} and "
+                   "cannot be imported by another process; move it into an importable module")
+            warnings.warn(f"{why}; loading or resuming this run will need the same model passed again "
+                          "(load_model(path, model=...), fit(resume=..., model=...)).", stacklevel=3)
+            return {"model": why}
+        name = f"{module}:{qualname}"
+    settings = {k: v for k, v in (recorded[1] if recorded is not None else {}).items() if k not in MODEL_RESERVED}
+    cfg.model.name, cfg.model.settings = name, settings
+    # Without recorded settings, only a class that takes none beyond the data shape rebuilds as it was.
+    if recorded is None and any(k not in MODEL_RESERVED for k in parts.settings_of(cls)):
+        why = (f"{cls.__name__}'s constructor settings are unknown (subclass pyro_vae.core.records.RecordsSettings to "
+               "record them)")
+        warnings.warn(f"{why}; loading or resuming this run will need the same model passed again "
+                      "(load_model(path, model=...)).", stacklevel=3)
+        return {"model": why}
+    return {}
+
+
+def build_transform(cfg: Config, data: Dataset | DataShape, vae: Any) -> DataTransform:
+    """What the likelihood sees: levels, binary values, dequantized or grey values.
+
+    The stock VAE says what its likelihood wants; any other model is asked through the
+    support of its observed site: integer levels for a discrete support other than
+    ``{0, 1}``, binary values or a density otherwise.
+    """
+    likelihood = getattr(vae, "likelihood", None)
+    if likelihood is not None and hasattr(likelihood, "wants_levels"):
+        wants_levels, support = likelihood.wants_levels, likelihood.support
+    else:
+        support = observed_support(vae, tuple(data.event_shape))
+        base = _base_support(support)
+        wants_levels = bool(getattr(base, "is_discrete", False)) and base is not constraints.boolean
+    if wants_levels:
         if data.levels is None:
             raise ConfigError(
-                f"likelihood {cfg.model.likelihood!r} models integer levels but dataset {cfg.data.name!r} is continuous; "
+                f"the model's likelihood models integer levels but dataset {cfg.data.name!r} is continuous; "
                 "use a continuous likelihood such as 'gaussian'."
             )
         if cfg.data.binarize != "none" or cfg.data.dequantize == "true":
-            raise ConfigError(f"likelihood {cfg.model.likelihood!r} models the raw levels; set data.binarize: none and data.dequantize: auto.")
+            raise ConfigError("the model's likelihood models the raw levels; set data.binarize: none and data.dequantize: auto.")
         return DataTransform(data.levels, as_levels=True, seed=cfg.data.split_seed)
-    discrete = bool(getattr(vae.likelihood.support, "is_discrete", False))
+    discrete = bool(getattr(support, "is_discrete", False))
     if cfg.data.dequantize == "true":
         dequantize = True
     elif cfg.data.dequantize == "false":
@@ -209,14 +349,14 @@ def build_transform(cfg: Config, data: Dataset | DataShape, vae: VAE) -> DataTra
 
 
 def build_objective(train: TrainConfig):
-    """The loss named by ``train.objective``: a Pyro ELBO, or an :mod:`~pyro_vae.objectives.adversarial` objective."""
+    """The loss named by ``train.objective``: an :class:`~pyro_vae.objectives.elbo.ELBO`, the
+    :class:`~pyro_vae.objectives.iwae.IWAE`, or an :mod:`~pyro_vae.objectives.adversarial` objective."""
     k = train.num_particles
     if train.objective in ADVERSARIAL:
         return ADVERSARIAL[train.objective](hidden=train.adversary_hidden, weight=train.adversary_weight)
     if train.objective == "iwae":
         return IWAE(num_particles=k)
-    cls = Trace_ELBO if train.objective == "elbo" else TraceMeanField_ELBO
-    return cls(num_particles=k, vectorize_particles=k > 1, max_plate_nesting=1)
+    return ELBO(num_particles=k, meanfield=train.objective == "meanfield")
 
 
 def build_optimizer(train: TrainConfig, params) -> torch.optim.Optimizer:

@@ -34,13 +34,17 @@ from pyro_vae.core.errors import ConfigError
 from pyro_vae.models import parts
 from pyro_vae.data.datasets import DATASETS
 from pyro_vae.models.nets import ACTIVATIONS, NETS
+from pyro_vae.models.vae import DEFAULTS as VAE_DEFAULTS
 from pyro_vae.data.transforms import BINARIZE_MODES
 
-__all__ = ["DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "load", "dump", "OBJECTIVES"]
+__all__ = ["DataConfig", "NetConfig", "ModelConfig", "TrainConfig", "Config", "from_dict", "to_dict", "load", "dump", "OBJECTIVES", "STOCK_MODEL"]
 
 ADVERSARIAL_OBJECTIVES = tuple(ADVERSARIAL)
 OBJECTIVES = ("elbo", "meanfield", "iwae", *ADVERSARIAL_OBJECTIVES)
 PART_KEYS = ("prior", "likelihood", "encoder", "decoder", "vae")
+STOCK_MODEL = "vae"  # model.name of the stock VAE, built from the other model keys
+# What the library passes to a named model itself when its constructor takes it.
+MODEL_RESERVED = ("event_shape", "levels")
 # What the library passes to a part itself; a user's settings may not override it.
 RESERVED = {"encoder": ("event_shape", "latent_dim"), "decoder": ("latent_dim", "event_shape", "num_params"),
             "vae": ("event_shape", "latent_dim", "prior", "likelihood", "net", "hidden", "activation", "encoder",
@@ -91,16 +95,27 @@ class NetConfig:
     channels for ``conv``. ``[]`` makes the ``mlp`` nets linear.
     """
 
-    kind: str = "mlp"
-    hidden: list[int] | None = None
-    activation: str = "relu"
+    kind: str = VAE_DEFAULTS["net"]
+    hidden: list[int] | None = VAE_DEFAULTS["hidden"]
+    activation: str = VAE_DEFAULTS["activation"]
 
 
 @dataclass
 class ModelConfig:
-    """The VAE's parts, each a registered name (see ``pyro-vae list``) or an import path.
+    """The model: the stock VAE and its parts, or any Pyro model by name or import path.
+
+    ``name: vae`` (the default) is the stock :class:`~pyro_vae.models.vae.VAE`, built from
+    the keys below. Any other ``name`` is a registered model or an import path
+    ``"package.module:Class"`` to anything with Pyro ``model(x)`` and ``guide(x)`` (an
+    ``nn.Module``, e.g. a ``PyroModule``); then every other key of the ``model`` mapping
+    is a setting of that class, passed to its constructor, with ``event_shape`` and
+    ``levels`` added when its constructor takes them::
+
+        model: {name: "mypkg.models:TwoLayerVAE", z1: 16, z2: 4}
 
     Attributes:
+        name: ``vae`` or a model's registered name or import path.
+        settings: The settings of a named model (empty for the stock VAE).
         prior: A registered prior or ``"package.module:Name"`` (a class or function
             returning a module whose ``forward()`` gives p(z)); settings in ``prior_kwargs``.
         likelihood: A registered likelihood or an import path; settings in ``likelihood_kwargs``.
@@ -115,11 +130,12 @@ class ModelConfig:
             path, called with the VAE's arguments and ``**vae_kwargs``.
     """
 
-    # 4, not more: on the embedded digits the prior's samples then read as digits; larger z leaves holes.
-    latent_dim: int = 4
-    prior: str = "normal"
+    name: str = STOCK_MODEL
+    settings: dict = field(default_factory=dict)
+    latent_dim: int = VAE_DEFAULTS["latent_dim"]
+    prior: str = VAE_DEFAULTS["prior"]
     prior_kwargs: dict = field(default_factory=dict)
-    likelihood: str = "auto"
+    likelihood: str = VAE_DEFAULTS["likelihood"]
     likelihood_kwargs: dict = field(default_factory=dict)
     net: NetConfig = field(default_factory=NetConfig)
     encoder: str | None = None
@@ -242,6 +258,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}.")
+    if cls is ModelConfig and raw.get("name", STOCK_MODEL) != STOCK_MODEL:
+        # A named model: every key but `name` is a setting of its class (a `settings` mapping too).
+        raw = dict(raw)
+        name = _check_type(f"{prefix}name", raw.pop("name"), str)
+        settings = _check_type(f"{prefix}settings", raw.pop("settings", None) or {}, dict)
+        return ModelConfig(name=name, settings={**settings, **raw})
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -266,6 +288,26 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         else:
             kwargs[key] = _check_type(full, value, annotation)
     return cls(**kwargs)
+
+
+def _check_model(model: ModelConfig) -> None:
+    """A named model must exist and accept its settings; the stock VAE's parts are checked one by one."""
+    if model.name == STOCK_MODEL:
+        if model.settings:
+            raise ConfigError(f"model.settings {model.settings} is set, but model.name is {STOCK_MODEL!r} (the stock VAE, "
+                              "set by model.latent_dim, model.prior, ...); name your model's class or drop the settings.")
+        _check_parts(model)
+        return
+    if not parts.is_import_path(model.name) and model.name not in parts.KINDS["model"]:
+        registered = [STOCK_MODEL, *parts.KINDS["model"]]
+        hint = difflib.get_close_matches(model.name, registered, n=1)
+        raise ConfigError(f"model.name: unknown model {model.name!r}; registered: {', '.join(registered)}, or an import "
+                          f"path 'package.module:Class'.{f' Did you mean {hint[0]!r}?' if hint else ''}")
+    try:
+        strategy = parts.lookup("model", model.name)
+        parts.check_settings("model", model.name, strategy, model.settings, MODEL_RESERVED)
+    except parts.PartError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith("model") else f"model.name: {exc}") from None
 
 
 def _check_parts(model: ModelConfig) -> None:
@@ -327,7 +369,7 @@ def _validate(cfg: Config) -> None:
             importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         raise ConfigError("train.logger: tensorboard needs the tensorboard package, which is not installed; "
                           "pip install 'pyro_vae[tensorboard]', or set train.logger: csv.")
-    _check_parts(cfg.model)
+    _check_model(cfg.model)
     if cfg.data.binarize != "none" and cfg.model.likelihood in LEVEL_LIKELIHOODS:
         raise ConfigError(f"data.binarize: {cfg.data.binarize} makes binary data, which likelihood "
                           f"{cfg.model.likelihood!r} (it models integer levels) cannot score; set model.likelihood: "
@@ -429,9 +471,21 @@ def load(path: str | Path) -> Config:
     return from_dict(raw)
 
 
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as plain data that :func:`from_dict` reads back to the same config.
+
+    A named model is written as it is given, ``{name, **settings}``: the stock VAE's keys
+    would read back as its settings.
+    """
+    raw = dataclasses.asdict(cfg)
+    if cfg.model.name != STOCK_MODEL:
+        raw["model"] = {"name": cfg.model.name, **cfg.model.settings}
+    return raw
+
+
 def dump(cfg: Config, path: str | Path | None = None) -> str:
     """Serialize to YAML (and write it when ``path`` is given)."""
-    text = yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     if path is not None:
         Path(path).write_text(text)
     return text

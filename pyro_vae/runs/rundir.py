@@ -40,13 +40,12 @@ import torch
 from pyro_vae.core.errors import RunDirError
 from pyro_vae.runs import config as config_lib
 from pyro_vae.plots import figures as plots
-from pyro_vae.runs.build import DataShape, build_transform, build_vae, load_data
+from pyro_vae.runs.build import DataShape, build_model, build_transform, load_data
 from pyro_vae.core.errors import CheckpointError
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
 from pyro_vae.runs.config import Config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import DataTransform
-from pyro_vae.models.vae import VAE
 
 __all__ = ["CHECKPOINT", "BEST", "run_home", "require_custom_parts", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures", "checkpoint_path", "read_checkpoint", "load_weights", "load_model", "load_run", "read_history"]
 
@@ -125,7 +124,7 @@ def read_history(run_dir: Path) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Sequence[dict],
+def save_training_pictures(run_dir: Path, vae: Any, x: torch.Tensor, history: Sequence[dict],
                            data: torch.Tensor | None = None) -> None:
     """The pictures every training run leaves: samples, reconstructions of ``x`` (model space) and curves.
 
@@ -133,7 +132,7 @@ def save_training_pictures(run_dir: Path, vae: VAE, x: torch.Tensor, history: Se
     """
     run = run_dir.name
     for fig in (
-        plots.sample_grid(vae, path=run_dir / "samples.png", run=run, data=data),
+        plots.sample_grid(vae, path=run_dir / "samples.png", run=run, data=data, event_shape=tuple(x.shape[1:])),
         plots.reconstruction_grid(vae, x, path=run_dir / "reconstructions.png", run=run),
         plots.training_curves(history, path=run_dir / "curves.png", run=run),
     ):
@@ -148,7 +147,7 @@ def save_run_pictures(result: Any) -> None:
     def model_space(x: torch.Tensor) -> torch.Tensor:
         return result.transform(x.to(param.device), train=False).to(param.dtype)
 
-    data = model_space(result.dataset.train[:2000]) if plots.is_tabular(result.vae) else None
+    data = model_space(result.dataset.train[:2000]) if len(result.dataset.event_shape) == 1 else None
     save_training_pictures(result.run_dir, result.vae, model_space(result.dataset.test[:32]), result.history, data)
 
 
@@ -215,19 +214,22 @@ def require_custom_parts(custom: dict[str, str], objects: dict[str, Any], file: 
 
 
 def _rebuild(state: dict[str, Any], shape: DataShape, file: Path,
-             objects: dict[str, Any]) -> tuple[VAE, Config, DataTransform]:
+             objects: dict[str, Any]) -> tuple[Any, Config, DataTransform]:
     cfg = config_lib.from_dict(state["config"])
     require_custom_parts(dict(state.get("custom_parts") or {}), objects, file)
     with pyro.settings.context(module_local_params=True):
-        vae = build_vae(cfg, shape, **objects)
+        vae = build_model(cfg, shape, **objects)
     load_weights(vae, state["model"], file)
-    vae.num_data = None
+    if hasattr(vae, "num_data"):
+        vae.num_data = None
     vae.eval()
     return vae, cfg, build_transform(cfg, shape, vae)
 
 
-def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[VAE, DataTransform]:
-    """The trained VAE and its data transform, from a run directory or checkpoint, without the data.
+def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[Any, DataTransform]:
+    """The trained model and its data transform, from a run directory or checkpoint, without the data.
+
+    The model is the stock VAE or whatever model the run trained (its ``model.name``).
 
     Args:
         path: A run directory or a ``.pt`` checkpoint.
@@ -249,7 +251,7 @@ def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[V
 
 
 def load_run(path: str | Path, which: str = "best", data_root: str | None = None,
-             **objects: Any) -> tuple[VAE, Config, Dataset, DataTransform]:
+             **objects: Any) -> tuple[Any, Config, Dataset, DataTransform]:
     """Rebuild a trained model and its data pipeline from a run directory or checkpoint file.
 
     Args:
