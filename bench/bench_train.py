@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from handwritten_vae import HandwrittenVAE  # noqa: E402
 
-from pyro_vae.runs.build import build_objective, build_optimizer
-from pyro_vae.jobs.train import train_step  # noqa: E402
+from pyro_vae.runs.build import build_objective, build_optimizer  # noqa: E402
+from pyro_vae.jobs.train import TrainingLoss, train_step  # noqa: E402
 from pyro_vae.runs.config import TrainConfig  # noqa: E402
 from pyro_vae.models.vae import VAE  # noqa: E402
 from _environment import environment  # noqa: E402  (bench/ is on sys.path when a script runs)
@@ -45,15 +45,14 @@ def time_pyro(setting: dict, batches: list[torch.Tensor], objective_name: str = 
     fabric = Fabric(accelerator="cpu", devices=1)
     with pyro.settings.context(module_local_params=True):
         vae = VAE((1, 28, 28), setting["latent"], likelihood="bernoulli", hidden=setting["hidden"], activation=setting["activation"])
-        vae.num_data = 8000
         config = TrainConfig(objective=objective_name, lr=1e-3)
         optimizer = build_optimizer(config, vae.parameters())  # as fit builds it
-        module, optimizer = fabric.setup(vae, optimizer)
+        module, optimizer = fabric.setup(TrainingLoss(vae), optimizer)
         objective = build_objective(config)
-        train_step(fabric, module, optimizer, objective, batches[0])  # warm-up
+        train_step(fabric, module, optimizer, objective, batches[0], num_data=8000)  # warm-up
         tic = time.perf_counter()
         for x in batches:
-            train_step(fabric, module, optimizer, objective, x)
+            train_step(fabric, module, optimizer, objective, x, num_data=8000)
         return time.perf_counter() - tic
 
 

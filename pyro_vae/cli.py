@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 __all__ = ["main", "build_parser"]
@@ -145,13 +144,21 @@ TRAIN_FLAGS = {
 
 
 def _train_config(args: argparse.Namespace):
+    from pyro_vae.core.errors import ConfigError
     from pyro_vae.runs import config as config_lib
 
-    raw = asdict(config_lib.load(args.config)) if args.config else {}
+    raw = config_lib.to_dict(config_lib.load(args.config)) if args.config else {}
     raw.setdefault("data", {})
     raw.setdefault("model", {})
     raw.setdefault("train", {})
-    raw["model"].setdefault("net", {})
+    named = raw["model"].get("name", config_lib.STOCK_MODEL) != config_lib.STOCK_MODEL
+    stock_flags = [f"--{dest.replace('_', '-')}" for dest in ("prior", "likelihood", "latent_dim", "net", "hidden",
+                                                              "prior_arg", "likelihood_arg") if getattr(args, dest)]
+    if named and stock_flags:
+        raise ConfigError(f"{', '.join(stock_flags)} set parts of the stock VAE, but model.name is "
+                          f"{raw['model']['name']!r}; set its settings with --set model.KEY=VALUE instead.")
+    if not named:
+        raw["model"].setdefault("net", {})
     for dest, (section, key) in TRAIN_FLAGS.items():
         value = getattr(args, dest)
         if value is not None:

@@ -19,11 +19,26 @@ __all__ = ["RecordsSettings", "recorded_strategy", "bound_settings"]
 
 
 def bound_settings(fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
-    """``args``/``kwargs`` of a call to ``fn`` as named settings (what a config would hold)."""
+    """``args``/``kwargs`` of a call to ``fn`` as named settings (what a config would hold).
+
+    A class is read through its ``__init__``: a metaclass (``PyroModule``'s) can hide the
+    constructor's signature behind ``(*args, **kwargs)``.
+    """
     try:
-        return dict(inspect.signature(fn).bind_partial(*args, **kwargs).arguments)
+        if inspect.isclass(fn):
+            params = list(inspect.signature(fn.__init__).parameters.values())[1:]  # without self
+            signature = inspect.Signature(params)
+        else:
+            signature = inspect.signature(fn)
+        bound = signature.bind_partial(*args, **kwargs).arguments
     except (TypeError, ValueError):
         return dict(kwargs)
+    # A **kwargs catch-all is spread out: settings are flat in a config.
+    var_kw = [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    flat = {k: v for k, v in bound.items() if k not in var_kw}
+    for name in var_kw:
+        flat.update(bound.get(name, {}))
+    return flat
 
 
 class RecordsSettings:

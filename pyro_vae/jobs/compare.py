@@ -27,7 +27,9 @@ import torch
 
 from pyro_vae.baselines.registry import make_baseline
 from pyro_vae.estimators.importance import evaluate
+from pyro_vae.models.views import latent_dims
 from pyro_vae.plots.figures import comparison_chart, plt
+from pyro_vae.runs.config import STOCK_MODEL
 from pyro_vae.runs.rundir import load_run, read_history, run_home
 from pyro_vae.core.stats import LogLikelihood
 from pyro_vae.data.transforms import DataTransform
@@ -121,7 +123,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
     largest = max(vae_eval.iwae)
     history = read_history(run_dir)
     vae_row = {
-        "model": f"VAE ({cfg.model.prior} prior, {cfg.model.likelihood})",
+        "model": cfg.model.label,
         "data": _representation(transform),
         **vae_ll.to_dict(),
         "num_dims": dataset.num_dims,
@@ -132,10 +134,12 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
         "fit_seconds": sum(row.get("seconds", 0.0) for row in history) or None,
     }
     rows = [vae_row]
+    # The baselines' default size matches the model's latent dimensions per point.
+    latent_size = cfg.model.latent_dim if cfg.model.name == STOCK_MODEL else latent_dims(vae, x_vae[:1])
     for name in baselines:
         kind = BASELINE_DATA[name]
         bt = _baseline_transform(kind, transform, dataset.levels, cfg.data.split_seed)
-        k = components or DEFAULT_COMPONENTS.get(name, cfg.model.latent_dim)
+        k = components or DEFAULT_COMPONENTS.get(name, latent_size)
         model = make_baseline(name, k)
         tic = time.perf_counter()
         model.fit(bt(x_raw_train, train=False), seed=seed, progress=progress)

@@ -24,7 +24,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-__all__ = ["generate", "reconstruct", "observed_site_names", "is_stock"]
+__all__ = ["generate", "reconstruct", "observed_site_names", "latent_dims", "is_stock"]
 
 
 def is_stock(model: Any) -> bool:
@@ -92,3 +92,13 @@ def reconstruct(model: Any, x: Tensor) -> Tensor:
     guide_trace = poutine.trace(_PosteriorMeans()(model.guide)).get_trace(x)
     trace = poutine.trace(poutine.replay(poutine.uncondition(model.model), trace=guide_trace)).get_trace(x)
     return _observed(trace, names)[0]
+
+
+@torch.no_grad()
+def latent_dims(model: Any, x: Tensor) -> int:
+    """Latent dimensions per datapoint: the sizes of the guide's sample sites on a batch ``x``, per point."""
+    with torch.random.fork_rng(devices=[]):
+        trace = poutine.trace(model.guide).get_trace(x)
+    total = sum(site["value"].numel() for site in trace.nodes.values()
+                if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site))
+    return max(1, total // x.shape[0])

@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def as_config(cfg: Config | dict | str | Path | None) -> Config:
     if cfg is None:
         return config_lib.from_dict({})
     if isinstance(cfg, Config):
-        return config_lib.from_dict(asdict(cfg))  # re-validate
+        return config_lib.from_dict(config_lib.to_dict(cfg))  # re-validate
     if isinstance(cfg, dict):
         return config_lib.from_dict(cfg)
     return config_lib.load(cfg)

@@ -145,6 +145,13 @@ class ModelConfig:
     vae: str | None = None
     vae_kwargs: dict = field(default_factory=dict)
 
+    @property
+    def label(self) -> str:
+        """A short description for tables: ``VAE (normal prior, bernoulli)`` or the named model's class."""
+        if self.name == STOCK_MODEL:
+            return f"VAE ({self.prior} prior, {self.likelihood})"
+        return self.name.rpartition(":")[2] or self.name
+
 
 @dataclass
 class TrainConfig:
