@@ -82,24 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--devices", type=int, help="devices (processes) for DDP (config default: 1)")
     t.add_argument("--accelerator", help="cpu, gpu or auto (config default: cpu)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--trust-code", action="store_true", help="import the code a received run resumed with --resume names (its import paths) without `pyro-vae trust` first")
+
+    # The estimators' defaults, from their one home (a light module: no torch).
+    from pyro_vae.estimators.settings import BATCH_SIZE, IS_SAMPLES, K_LIST, Settings
 
     e = sub.add_parser("evaluate", help="log-likelihood by importance sampling or AIS, bounds and diagnostics",
                        formatter_class=_Help)
     e.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
     e.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to score")
-    e.add_argument("--samples", type=int, default=1000, help="importance samples K per datapoint")
-    e.add_argument("--k-list", default="1,10,100,1000", help="IWAE bounds to report")
+    e.add_argument("--samples", type=int, default=IS_SAMPLES, help="importance samples K per datapoint")
+    e.add_argument("--k-list", default=",".join(map(str, K_LIST)), help="IWAE bounds to report")
     e.add_argument("--method", default="is", choices=("is", "ais"),
                    help="is: importance sampling only; ais: also annealed importance sampling with HMC")
-    e.add_argument("--steps", type=int, default=100,
+    e.add_argument("--steps", type=int, default=Settings.steps,
                    help="AIS: intermediate distributions T (100: BDMC gap 0.09 nats on MNIST, ~3 min for 1000 points)")
-    e.add_argument("--chains", type=int, default=16, help="AIS: chains per point")
-    e.add_argument("--leapfrog", type=int, default=10, help="AIS: leapfrog steps per HMC transition")
+    e.add_argument("--chains", type=int, default=Settings.chains, help="AIS: chains per point")
+    e.add_argument("--leapfrog", type=int, default=Settings.leapfrog, help="AIS: leapfrog steps per HMC transition")
     e.add_argument("--bdmc", type=int, default=0, metavar="N",
                    help="BDMC on N points simulated from the model, at T/100, T/10 and T (0: off)")
     e.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
     e.add_argument("--points", type=int, default=None, help="score only the first N points of the split (default: all)")
-    e.add_argument("--batch-size", type=int, default=None, help="points per batch (default: 100 for IS, all for AIS)")
+    e.add_argument("--batch-size", type=int, default=None,
+                   help=f"points per batch (default: {BATCH_SIZE}, fewer for IS when K is large)")
     e.add_argument("--seed", type=int, default=0, help="seed of the draws")
     e.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
     e.add_argument("--out", help="output folder (default: the run directory)")
@@ -121,12 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
     c.add_argument("--out", help="output folder (default: the run directory)")
     c.add_argument("--no-progress", action="store_true", help="hide the progress bars (they show only on a terminal)")
+    c.add_argument("--trust-code", action="store_true", help="import the code a received run names (its import paths) without `pyro-vae trust` first")
 
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
     s.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
     s.add_argument("--num", type=int, default=64, help="number of samples")
     s.add_argument("--out", help="PNG path (default: RUN_DIR/samples.png)")
     s.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    s.add_argument("--trust-code", action="store_true", help="import the code a received run names (its import paths) without `pyro-vae trust` first")
+
+    r = sub.add_parser("trust", help="trust a received run: its recorded import paths may be imported",
+                       formatter_class=_Help,
+                       description="Sign a run's checkpoints with your local key (see pyro_vae.runs.trust), so that "
+                                   "evaluate, sample, compare, resume and load_model import the code its config names. "
+                                   "Only trust runs from people whose code you would run.")
+    r.add_argument("run_dir", help="a run directory (or a .pt checkpoint)")
 
     sub.add_parser("list", help="registered priors, likelihoods and datasets")
     return parser
@@ -214,7 +228,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         cfg = _train_config(args) if args.epochs else None
-        result = fit(cfg, resume=args.resume, progress=not args.no_progress)
+        result = fit(cfg, resume=args.resume, progress=not args.no_progress, trust_code=args.trust_code)
     else:
         result = fit(_train_config(args), progress=not args.no_progress)
     import lightning_fabric.utilities.rank_zero as rz
@@ -269,7 +283,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     compare_run(args.run_dir, baselines=[b for b in args.baselines.split(",") if b], components=args.components,
                 split=args.split, num_samples=args.samples, seed=args.seed, data_root=args.data_root, which=args.which,
                 num_points=args.points, batch_size=args.batch_size, out=args.out,
-                progress=False if args.no_progress else None)
+                progress=False if args.no_progress else None, trust_code=args.trust_code)
     return 0
 
 
@@ -281,10 +295,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from pyro_vae.runs.rundir import load_model, load_run, read_checkpoint
 
     try:
-        vae, _ = load_model(args.run_dir)
-        event_shape = read_checkpoint(args.run_dir)[1]["data_shape"]["event_shape"]
+        vae, _ = load_model(args.run_dir, trust_code=args.trust_code)
+        event_shape = read_checkpoint(args.run_dir, trust_code=args.trust_code)[1]["data_shape"]["event_shape"]
     except CheckpointError:  # a checkpoint from before data shapes were recorded: rebuild through the data
-        vae, _, dataset, _ = load_run(args.run_dir)
+        vae, _, dataset, _ = load_run(args.run_dir, trust_code=args.trust_code)
         event_shape = dataset.event_shape
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
     plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed, event_shape=event_shape))
@@ -298,6 +312,15 @@ def _plain(text: str) -> str:
 
     text = re.sub(r":[a-z]+:`~?([^`<]*?)(?: <[^>]*>)?`", lambda m: m.group(1).split(".")[-1], text)
     return text.replace("``", "")
+
+
+def _cmd_trust(args: argparse.Namespace) -> int:
+    from pyro_vae.runs.rundir import trust_run
+
+    paths = trust_run(args.run_dir)
+    what = f"its import paths {', '.join(paths)} will be imported" if paths else "it names no code to import"
+    print(f"trusted {args.run_dir}: {what} without --trust-code.")
+    return 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -335,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pyro_vae.core.errors import PyroVAEError
 
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample, "list": _cmd_list}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "compare": _cmd_compare, "sample": _cmd_sample,
+                "trust": _cmd_trust, "list": _cmd_list}
     try:
         return commands[args.command](args)
     except (PyroVAEError, FileNotFoundError, ValueError) as exc:

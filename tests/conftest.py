@@ -1,5 +1,7 @@
 """Shared fixtures: every test starts from an empty param store with validation on."""
 
+import os
+import tempfile
 import warnings
 
 import pyro
@@ -7,6 +9,9 @@ import pytest
 import torch
 
 warnings.filterwarnings("ignore", category=FutureWarning, module="arviz")
+
+# The tests sign their runs with a key of their own, never the user's (subprocesses inherit it).
+os.environ["PYRO_VAE_TRUST_KEY"] = os.path.join(tempfile.mkdtemp(prefix="pyro_vae_tests_"), "trust.key")
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import torch
 
 from pyro_vae.estimators.ais import AISResult, ais
 from pyro_vae.estimators.importance import evaluate
-from pyro_vae.models.target import log_joint
+from pyro_vae.models.fused import log_joint
 from pyro_vae.core.stats import LogLikelihood
 from pyro_vae.models.vae import VAE
 

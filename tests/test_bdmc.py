@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from pyro_vae.estimators.bdmc import BDMCResult, bdmc, bdmc_curve, simulate
+from pyro_vae.estimators.bdmc import BDMCResult, bdmc, bdmc_curve
+from pyro_vae.models.target import simulate
 from test_ais import linear_gaussian
 
 

@@ -14,7 +14,8 @@ from pyro.infer import Trace_ELBO
 from torch import nn
 
 import pyro_vae.models.likelihoods as L
-from pyro_vae.estimators.importance import DEFAULT_K_LIST, evaluate
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.estimators.settings import K_LIST
 from pyro_vae.results.report import Evaluation, PosteriorCollapseWarning
 from pyro_vae.jobs.evaluate import evaluate_run
 from pyro_vae.core.stats import LogLikelihood
@@ -316,7 +317,7 @@ def trained_run(tmp_path_factory):
 def test_bounds_increase_with_k_on_a_trained_model(trained_run):
     _, result = trained_run
     x = result.transform(result.dataset.test, train=False)
-    ev = evaluate(result.vae, x, num_samples=1000, k_list=DEFAULT_K_LIST, seed=0)
+    ev = evaluate(result.vae, x, num_samples=1000, k_list=K_LIST, seed=0)
     ks = [1, 10, 100, 1000]
     assert sorted(ev.iwae) == ks
     for a, b in zip(ks, ks[1:]):

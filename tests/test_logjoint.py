@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae.models.target import bernoulli_log_prob_pieces, buffered_decoder, log_lik_blocks
+from pyro_vae.models.fused import bernoulli_log_prob_pieces, buffered_decoder, log_lik_blocks
 from pyro_vae.models.nets import MLPDecoder
 from pyro_vae.models.vae import VAE
 

@@ -28,6 +28,7 @@ MY_PARTS = textwrap.dedent('''
     import torch
 
     from pyro_vae.models.likelihoods import Generic
+    from pyro_vae.models.parts import part
     from pyro_vae.models.priors import Prior
 
 
@@ -46,6 +47,7 @@ MY_PARTS = textwrap.dedent('''
             return dist.StudentT(self.df, torch.zeros_like(self.log_scale), self.log_scale.exp()).to_event(1)
 
 
+    @part  # a function is built from a config only when marked as a part
     def laplace_fixed(scale: float = 0.1):
         """Laplace likelihood with a fixed scale: an L1 reconstruction loss."""
         return Generic(partial(dist.Laplace, scale=scale))

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["PyroVAEError", "ConfigError", "PartError", "CheckpointError", "RunDirError", "TrainingDivergedError"]
+__all__ = ["PyroVAEError", "ConfigError", "PartError", "CheckpointError", "RunDirError", "TrainingDivergedError", "UntrustedRunError"]
 
 
 class PyroVAEError(Exception):
@@ -35,3 +35,7 @@ class RunDirError(PyroVAEError, RuntimeError):
 
 class TrainingDivergedError(PyroVAEError, RuntimeError):
     """Training diverged: a non-finite or exploding loss, or non-finite gradients, parameters or ELBOs."""
+
+
+class UntrustedRunError(PyroVAEError, RuntimeError):
+    """A received run names code to import that this user has not trusted (see :mod:`pyro_vae.runs.trust`)."""

@@ -16,6 +16,9 @@ forward run's per-point step sizes (fixed given ``x``, independent of the exact 
 so both bounds hold in expectation. Plain importance sampling with about the same number
 of decoder evaluations is scored on the same points for comparison.
 
+The data are simulated by :func:`pyro_vae.models.target.simulate`, through the model's own
+observed site, whatever it is called; any model that meets the protocol works.
+
 Example:
     >>> from pyro_vae.models.vae import VAE
     >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian", hidden=[8])
@@ -31,61 +34,19 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
-from pyro import poutine
-from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-from pyro_vae.estimators.ais import Settings, run_chains
-from pyro_vae.estimators.importance import evaluate
-from pyro_vae.results.report import PosteriorCollapseWarning, json_safe
-from pyro_vae.models.target import is_stock_vae
-from pyro_vae.estimators.harness import evaluation_mode, rank_and_world, seeded
 from pyro_vae.core.stats import dataset_figure
+from pyro_vae.estimators.ais import run_chains
+from pyro_vae.estimators.harness import rank_and_world
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.estimators.settings import BDMC_POINTS, Settings
+from pyro_vae.models.target import simulate
+from pyro_vae.results.report import PosteriorCollapseWarning, json_safe
 
-__all__ = ["BDMCResult", "bdmc", "bdmc_curve", "simulate"]
+__all__ = ["BDMCResult", "bdmc", "bdmc_curve"]
 
 IS_SEED_OFFSET = 1_000_003  # the importance sampler's draws share no stream with the chains' or the simulation's
-
-
-def simulate(vae: Any, num_points: int, *, seed: int | None = None, method: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
-    """Draw ``(x_i, z_i) ~ p(z) p(x|z)`` from the model: data with exact posterior draws.
-
-    Args:
-        vae: A :class:`~pyro_vae.models.vae.VAE` (``"fused"``: ``prior().sample`` then
-            ``decode(z).sample()``), or any model ``model(None, num_samples=n)`` that
-            samples ``n`` points and returns them (``"trace"``: every other sample site
-            is a latent).
-        num_points: ``n``.
-        seed: Seed of the draws (the global RNG is restored); ``None``: the global RNG.
-        method: ``"fused"``, ``"trace"`` or ``"auto"`` (fused for a stock VAE).
-
-    Returns:
-        ``(x, latents)``: data ``(n, ...)`` and ``{site: value (n, ...)}``.
-
-    Example:
-        >>> from pyro_vae.models.vae import VAE
-        >>> x, latents = simulate(VAE((5,), latent_dim=2, hidden=[4]), 3, seed=0)
-        >>> x.shape, latents["z"].shape
-        (torch.Size([3, 5]), torch.Size([3, 2]))
-    """
-    params = list(vae.parameters()) if hasattr(vae, "parameters") else []
-    device = params[0].device if params else torch.device("cpu")
-    with seeded(seed, 0, device), torch.no_grad(), evaluation_mode(vae):
-        if is_stock_vae(vae) and method != "trace":
-            z = vae.prior().sample((num_points,))
-            return _model_space(vae.decode(z).sample()), {"z": z}
-        trace = poutine.trace(vae.model).get_trace(None, num_samples=num_points)
-    x = trace.nodes["_RETURN"]["value"]
-    latents = {name: site["value"] for name, site in trace.nodes.items()
-               if site["type"] == "sample" and not site_is_subsample(site) and site["value"] is not x}
-    return _model_space(x), latents
-
-
-def _model_space(x: Tensor) -> Tensor:
-    # Discrete likelihoods (categorical, Poisson) draw integer levels; the model sees levels as
-    # floats, as DataTransform hands them over, and the estimators take floating-point data.
-    return x if x.is_floating_point() else x.float()
 
 
 @dataclass
@@ -172,15 +133,18 @@ class BDMCResult:
         return self.summary()
 
 
-def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, leapfrog: int = 10,
-         schedule: str = "sigmoid", init: str = "guide", step_size: float = 0.05, target_accept: float = 0.65,
-         adapt: str = "pilot", pilots: int | None = None, is_samples: int | None = None,
-         data: tuple[Tensor, dict[str, Tensor]] | None = None, batch_size: int | None = None, fabric: Any = None,
-         seed: int | None = None, method: str = "auto", progress: bool | None = False) -> BDMCResult:
+def bdmc(vae: Any, num_points: int = BDMC_POINTS, *, steps: int = Settings.steps, chains: int = Settings.chains,
+         leapfrog: int = Settings.leapfrog, schedule: str = Settings.schedule, init: str = Settings.init,
+         step_size: float = Settings.step_size, target_accept: float = Settings.target_accept,
+         adapt: str = Settings.adapt, pilots: int | None = Settings.pilots, is_samples: int | None = None,
+         data: tuple[Tensor, dict[str, Tensor]] | None = None, event_shape: Sequence[int] | None = None,
+         batch_size: int | None = None, fabric: Any = None, seed: int | None = None, method: str = "auto",
+         progress: bool | None = False) -> BDMCResult:
     """Bound ``log p(x)`` from both sides on data simulated from the model.
 
     Args:
-        vae: As for :func:`pyro_vae.estimators.ais.ais`; see :func:`simulate` for what the trace path needs.
+        vae: As for :func:`pyro_vae.estimators.ais.ais`; the data are simulated through its
+            observed site (:func:`pyro_vae.models.target.simulate`).
         num_points: Points to simulate (ignored when ``data`` is given).
         steps: ``T`` of both directions.
         chains: Chains per point in each direction (the reverse ones all start at the exact ``z``).
@@ -193,7 +157,9 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
         pilots: Forward pilot chains per point.
         is_samples: ``K`` of the importance-sampling comparison (default: the forward
             run's gradient evaluations per point, pilots included; 0 skips it).
-        data: ``(x, latents)`` from :func:`simulate`, to reuse the same points.
+        data: ``(x, latents)`` from :func:`~pyro_vae.models.target.simulate`, to reuse the same points.
+        event_shape: The shape of one datapoint, to simulate a model without an
+            ``event_shape`` attribute (ignored when ``data`` is given).
         batch_size: Points per batch.
         fabric: A launched Lightning ``Fabric`` to shard the points (every rank simulates
             the same data: pass a ``seed``).
@@ -218,11 +184,11 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
     if data is None:
         if world > 1 and seed is None:
             raise ValueError("bdmc over several processes needs a seed, so that every rank simulates the same data.")
-        data = simulate(vae, num_points, seed=seed, method=method)
+        data = simulate(vae, num_points, event_shape=event_shape, seed=seed, method=method)
     x, latents = data
     chain_seed = None if seed is None else seed + 1  # never the simulation's stream
-    per_point, used, world = run_chains(vae, x, cfg, exact=latents, batch_size=batch_size, fabric=fabric,
-                                         seed=chain_seed, method=method, progress=progress)
+    per_point, used = run_chains(vae, x, cfg, exact=latents, batch_size=batch_size, fabric=fabric,
+                                 seed=chain_seed, method=method, progress=progress)
     per_chain = (cfg.chains + cfg.pilots) * (1 + (cfg.steps - 1) * cfg.leapfrog)
     k = per_chain if is_samples is None else int(is_samples)
     is_log_px = None
@@ -238,14 +204,16 @@ def bdmc(vae: Any, num_points: int = 50, *, steps: int = 100, chains: int = 16, 
                       time.perf_counter() - tic, int(grad_evals.item()), world)
 
 
-def bdmc_curve(vae: Any, steps_list: Sequence[int] = (10, 100, 1000), num_points: int = 50, *,
-               seed: int | None = None, method: str = "auto", **kwargs: Any) -> dict[str, list]:
+def bdmc_curve(vae: Any, steps_list: Sequence[int] = (10, 100, 1000), num_points: int = BDMC_POINTS, *,
+               event_shape: Sequence[int] | None = None, seed: int | None = None, method: str = "auto",
+               **kwargs: Any) -> dict[str, list]:
     """BDMC at several ``T`` on the same simulated points: the data of a sandwich-closing plot.
 
     Args:
         vae: As for :func:`bdmc`.
         steps_list: The ``T`` values.
         num_points: Points to simulate (once, shared by every ``T``).
+        event_shape: The shape of one datapoint, if the model has no ``event_shape`` attribute.
         seed: Seeds the simulation and each run.
         method: ``"fused"``, ``"trace"`` or ``"auto"``.
         **kwargs: Passed to :func:`bdmc` (``chains``, ``leapfrog``, ``is_samples``, ...).
@@ -263,7 +231,7 @@ def bdmc_curve(vae: Any, steps_list: Sequence[int] = (10, 100, 1000), num_points
         >>> curve["steps"], len(curve["gap"])
         ([2, 20], 2)
     """
-    data = simulate(vae, num_points, seed=seed, method=method)
+    data = simulate(vae, num_points, event_shape=event_shape, seed=seed, method=method)
     keys = ("steps", "lower", "lower_se", "lower_mc_se", "upper", "upper_se", "upper_mc_se", "gap", "gap_se", "is",
             "grad_evals", "seconds")
     curve: dict[str, list] = {k: [] for k in keys}

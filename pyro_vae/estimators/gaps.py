@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyro
 import pyro.distributions as dist
@@ -30,9 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pyro_vae.models.target import weight_terms
 from pyro_vae.core.stats import logmeanexp, mean_se
-from pyro_vae.models.vae import VAE
+from pyro_vae.models.target import evaluation_mode, weight_terms
 
 __all__ = ["InferenceGaps", "inference_gaps"]
 
@@ -86,44 +86,44 @@ def _elbo_per_point(model, guide, x: Tensor, num_samples: int) -> Tensor:
         return weight_terms(model, guide, x, num_samples=num_samples).log_weight.mean(0)
 
 
-def inference_gaps(vae: VAE, x: Tensor, steps: int = 500, lr: float = 1e-2, particles: int = 16,
+def inference_gaps(vae: Any, x: Tensor, steps: int = 500, lr: float = 1e-2, particles: int = 16,
                    num_samples: int = 1000) -> InferenceGaps:
     """Split each datapoint's gap ``log p(x) - ELBO`` into approximation and amortization parts.
 
     Args:
-        vae: A trained model; its parameters are not changed.
+        vae: A trained model whose guide is a diagonal Gaussian over one latent site ``"z"``
+            given by ``encode(x)`` (the stock :class:`~pyro_vae.models.vae.VAE`); its
+            parameters are not changed.
         x: Datapoints in model space (after the data transform).
         steps: Adam steps for the per-point posteriors.
         lr: Their learning rate.
         particles: Reparameterized draws per step for the per-point ELBO gradient.
         num_samples: Draws for the final ELBO and importance-sampling estimates.
     """
-    num_data, beta, training = vae.num_data, vae.beta, vae.training
-    vae.num_data, vae.beta = None, 1.0  # per-point, unscaled figures
-    vae.eval()  # frozen PyroModule parameters are then read without param-store registration
     frozen = [p for p in vae.parameters() if p.requires_grad]
-    try:
-        for p in frozen:
-            p.requires_grad_(False)
-        # No module_local_params context here: a PyroModule must be run in the mode it was built in.
-        elbo_amortized = _elbo_per_point(vae.model, vae.guide, x, num_samples)
-        q = vae.encode(x).base_dist
-        local = _LocalGuide(q.loc, q.scale).to(x.device)
-        optimizer = torch.optim.Adam(local.parameters(), lr=lr)
-        for _ in range(steps):
-            terms = weight_terms(vae.model, local, x, num_samples=particles)
-            # Each point's ELBO depends only on its own q_i: summing keeps the gradients separate.
-            loss = -terms.log_weight.mean(0).sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        elbo_optimized = _elbo_per_point(vae.model, local, x, num_samples)
-        with torch.no_grad():
-            log_w = weight_terms(vae.model, local, x, num_samples=num_samples).log_weight
-        log_likelihood = logmeanexp(log_w, dim=0)
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
-        vae.num_data, vae.beta = num_data, beta
-        vae.train(training)
+    # Per-point, unscaled figures; eval mode: frozen PyroModule parameters are then read without
+    # param-store registration.
+    with evaluation_mode(vae):
+        try:
+            for p in frozen:
+                p.requires_grad_(False)
+            # No module_local_params context here: a PyroModule must be run in the mode it was built in.
+            elbo_amortized = _elbo_per_point(vae.model, vae.guide, x, num_samples)
+            q = vae.encode(x).base_dist
+            local = _LocalGuide(q.loc, q.scale).to(x.device)
+            optimizer = torch.optim.Adam(local.parameters(), lr=lr)
+            for _ in range(steps):
+                terms = weight_terms(vae.model, local, x, num_samples=particles)
+                # Each point's ELBO depends only on its own q_i: summing keeps the gradients separate.
+                loss = -terms.log_weight.mean(0).sum()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            elbo_optimized = _elbo_per_point(vae.model, local, x, num_samples)
+            with torch.no_grad():
+                log_w = weight_terms(vae.model, local, x, num_samples=num_samples).log_weight
+            log_likelihood = logmeanexp(log_w, dim=0)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
     return InferenceGaps(log_likelihood, elbo_amortized, elbo_optimized)

@@ -10,7 +10,7 @@ one transition is reused at the next β, so a transition costs ``leapfrog`` eval
 :func:`anneal` walks a β sequence, accumulating the AIS log-weight
 ``Σ_k (β_k - β_{k-1}) (log p(x, z) - log q0(z))`` and applying an HMC transition that
 leaves ``f_{β_k}`` invariant between increments. Step sizes adapt toward a target
-acceptance probability, see :data:`ADAPT_MODES`.
+acceptance probability, see :data:`~pyro_vae.estimators.settings.ADAPT_MODES`.
 
 Example:
     >>> def terms_fn(z):  # p(x, z) = N(z; 1, 1), q0 = N(0, 1)
@@ -29,10 +29,10 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["LogTerms", "beta_schedule", "leapfrog", "hmc_transition", "anneal", "Annealed", "SCHEDULES", "ADAPT_MODES"]
+from pyro_vae.estimators.settings import ADAPT_MODES, SCHEDULES
 
-SCHEDULES = ("sigmoid", "linear")
-ADAPT_MODES = ("pilot", "chain", "none")
+__all__ = ["LogTerms", "beta_schedule", "leapfrog", "hmc_transition", "anneal", "Annealed"]
+
 SIGMOID_DELTA = 4.0  # Grosse et al. (2015), Wu et al. (2017)
 ADAPT_RATE = 0.05  # log step size moves by rate * (accept prob - target) per transition, once settled
 LOG_STEP_RANGE = (math.log(1e-6), math.log(10.0))
@@ -213,7 +213,7 @@ def anneal(terms_fn: TermsFn, z: Tensor, betas: Tensor, step_size: float | Tenso
         step_size: Initial step size, a float or ``(C + pilots, B, 1)``.
         leapfrog: Leapfrog steps per transition.
         target_accept: Target mean acceptance probability.
-        adapt: One of :data:`ADAPT_MODES`.
+        adapt: One of :data:`~pyro_vae.estimators.settings.ADAPT_MODES`.
         pilots: Number of pilot chains (``adapt="pilot"`` only, at least 1).
         schedule: Fixed per-point step sizes ``(T - 1, B)``; implies no adaptation.
         callback: Called after each increment (progress bars).

@@ -31,11 +31,12 @@ Example:
     >>> ev.to_dict()["elbo"]["mean"] <= ev.to_dict()["log_likelihood"]["mean"] + 1.0
     True
 
-The log-weights come from :mod:`pyro_vae.models.target` (Pyro traces of any model and
-guide, or the fused path of the stock VAE). Unlike ``pyro.infer.Importance`` they stay
-**per datapoint** and **unscaled**: the plate's ``num_data / batch`` factor and a
-``poutine.scale`` beta never leak into the estimate. Results are
-:class:`~pyro_vae.results.report.Evaluation` objects.
+The log-weights come from the target (:func:`pyro_vae.models.target.target_of`: Pyro traces
+of any model and guide, or the fused kernels a model offers, such as the stock VAE's), the
+batches, sharding and seeding from the harness (:func:`pyro_vae.estimators.harness.per_point`).
+Unlike ``pyro.infer.Importance`` they stay **per datapoint** and **unscaled**: the plate's
+``num_data / batch`` factor and a ``poutine.scale`` beta never leak into the estimate.
+Results are :class:`~pyro_vae.results.report.Evaluation` objects.
 """
 
 from __future__ import annotations
@@ -51,25 +52,17 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
-from pyro_vae.models.target import draw_log_weights, use_fused, weight_terms
-from pyro_vae.results.arviz import psislw
-from pyro_vae.models.priors import marginal_log_prob_per_dim
-from pyro_vae.core.progress import progress_bar
-from pyro_vae.results.report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
-from pyro_vae.estimators.harness import (
-    evaluation_mode,
-    gather_points,
-    rank_and_world,
-    release_freed_memory,
-    seeded,
-    shard_to_device,
-)
 from pyro_vae.core.stats import logmeanexp, logmeanexp_mc_se
 from pyro_vae.core.units import of_model, warn_if_quantized
+from pyro_vae.estimators.harness import bounded_batch, per_point, points_of_rank, rank_and_world
+from pyro_vae.estimators.settings import BATCH_SIZE, IS_SAMPLES, K_LIST
+from pyro_vae.models.priors import marginal_log_prob_per_dim
+from pyro_vae.models.target import METHODS, target_of, weight_terms
+from pyro_vae.results.arviz import psislw
+from pyro_vae.results.report import COLLAPSE_KL, Evaluation, PosteriorCollapseWarning
 
-__all__ = ["evaluate", "log_weights", "DEFAULT_K_LIST"]
+__all__ = ["evaluate", "log_weights"]
 
-DEFAULT_K_LIST = (1, 10, 100, 1000)
 MAX_CHUNK_BYTES = 2**28  # ~256 MB of decoder output per pass
 # A batch's (batch, K) weights with their working copies (float64 rows, softmax, float32
 # log-weights and log-likelihoods, arviz's PSIS sort): 50-90 bytes per weight, measured.
@@ -94,8 +87,8 @@ def _psis_khat(lw: Tensor) -> Tensor:
     return torch.where(constant, -math.inf, torch.where(torch.isfinite(khat), khat, math.nan))
 
 
-def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
-                 fused: bool, keep_log_weights: bool = False) -> dict[str, Tensor]:
+def _score_batch(vae: Any, target: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequence[int],
+                 keep_log_weights: bool = False) -> dict[str, Tensor]:
     """Per-point figures of one batch; holds only this batch's ``(K, B)`` weights."""
     b = x.shape[0]
     has_q = hasattr(vae, "encode") and hasattr(vae, "prior")
@@ -105,7 +98,7 @@ def _score_batch(vae: Any, x: Tensor, num_samples: int, chunk: int, k_list: Sequ
     lw = torch.empty_like(log_lik)
     for start in range(0, num_samples, chunk):
         stop = min(num_samples, start + chunk)
-        log_lik[start:stop], lw[start:stop] = draw_log_weights(vae, x, stop - start, q, prior, fused)
+        log_lik[start:stop], lw[start:stop] = target.log_weights(x, stop - start, q, prior)
 
     out: dict[str, Tensor] = {}
     kl_exact = None
@@ -167,8 +160,8 @@ def _kl_per_dim(q: Any, prior: Any) -> Tensor:
 def evaluate(
     vae: Any,
     x: Tensor,
-    num_samples: int = 1000,
-    k_list: Sequence[int] = DEFAULT_K_LIST,
+    num_samples: int = IS_SAMPLES,
+    k_list: Sequence[int] = K_LIST,
     batch_size: int | None = None,
     chunk_size: int | None = None,
     levels: int | None = None,
@@ -188,7 +181,7 @@ def evaluate(
         x: Model-space data ``(N, *event_shape)`` (e.g. ``transform(x_raw, train=False)``).
         num_samples: ``K``, importance samples per point.
         k_list: Bounds ``L_k`` to report; values above ``K`` are dropped.
-        batch_size: Points per batch (default 100), lowered when ``K`` is so large that the
+        batch_size: Points per batch (default :data:`~pyro_vae.estimators.settings.BATCH_SIZE`), lowered when ``K`` is so large that the
             batch's weights would exceed :data:`MAX_WEIGHT_BYTES`.
         chunk_size: Draws per pass; default keeps ``batch * chunk * outputs * 4`` bytes
             near 256 MB.
@@ -198,10 +191,11 @@ def evaluate(
             and the per-point results are gathered back into the original order.
         seed: Seed for the draws (rank ``r`` uses ``seed + r``); the global RNG state is
             restored afterwards. ``None`` draws from the global RNG.
-        method: ``"fused"`` computes the VAE's densities directly (fast; the draws are
-            exactly those of the traced guide), ``"trace"`` reads them off Pyro traces
-            (:func:`pyro_vae.models.target.weight_terms`, any model/guide), ``"auto"``
-            fuses when ``vae`` is a :class:`~pyro_vae.models.vae.VAE` with its own model/guide.
+        method: ``"fused"`` computes the densities with the kernels the model offers
+            (``vae.fused()``, fast; the draws are exactly those of the traced guide),
+            ``"trace"`` reads them off Pyro traces (:func:`pyro_vae.models.target.weight_terms`,
+            any model/guide), ``"auto"`` takes the kernels when offered
+            (:func:`pyro_vae.models.target.fast_path`).
         keep_log_weights: Keep the ``(N, K)`` log-weights in ``Evaluation.log_weights``
             (``4 N K`` bytes), for ``to_inference_data()`` and ``az.psislw``.
         progress: A progress bar over points: ``True``, ``False`` or ``None`` (only on a terminal).
@@ -211,8 +205,8 @@ def evaluate(
 
     Raises:
         ValueError: Bad sizes, data the likelihood cannot score, a ``K`` whose weights for
-            one point exceed :data:`MAX_WEIGHT_BYTES`, or a model with latent sites
-            outside the data plate.
+            one point exceed :data:`MAX_WEIGHT_BYTES`, or a model that breaks the protocol
+            (:func:`pyro_vae.models.target.check_protocol`), in one line naming the site.
         TypeError: ``x`` is not a tensor (or has the wrong dtype), or a size is not an int.
 
     Example:
@@ -224,57 +218,43 @@ def evaluate(
     """
     _check_arguments(vae, x, num_samples, k_list, batch_size, chunk_size, levels, seed, method)
     k_list = sorted({int(k) for k in k_list if int(k) <= num_samples})
-    fused = use_fused(vae, method)
+    target = target_of(vae, method)
     total = x.shape[0]
     rank, world = rank_and_world(fabric)
-    shard, device = shard_to_device(vae, x, fabric)
-    batch_size = _bounded_batch(batch_size or 100, num_samples)
-    if hasattr(vae, "check_data") and is_validation_enabled():  # the fused path skips Pyro's support checks
-        for start in range(0, len(shard), batch_size):
-            vae.check_data(shard[start : start + batch_size])
+    local = len(range(rank, total, world))  # this rank's points
+    batch_size = _bounded_batch(batch_size or BATCH_SIZE, num_samples)
+    target.check(x)
     num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
     width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
-    chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, len(shard))))))
+    chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, local)))))
 
     representation = of_model(vae, levels)
-    if rank == 0:
-        warn_if_quantized(shard, representation)
+    if rank == 0 and total:
+        warn_if_quantized(points_of_rank(x, fabric), representation)
 
     tic = time.perf_counter()
-    parts: list[dict[str, Tensor]] = []
-    with seeded(seed, rank, device), torch.no_grad(), evaluation_mode(vae), \
-            progress_bar(len(shard), f"IS K={num_samples}", "point", progress, rank) as bar:
-        for start in range(0, len(shard), batch_size):
-            batch = shard[start : start + batch_size]
-            parts.append(_score_batch(vae, batch, num_samples, chunk, k_list, fused, keep_log_weights))
-            release_freed_memory()
-            bar.update(len(batch))
-    keys = parts[0].keys() if parts else ()
-    per_point = {key: torch.cat([p[key] for p in parts]) for key in keys}
-    if world > 1:
-        per_point = {key: gather_points(fabric, v, total).cpu() for key, v in per_point.items()}
-    per_point = {key: v.cpu() for key, v in per_point.items()}
-
+    figures = per_point(
+        lambda batch, extra, tick: _score_batch(vae, target, batch, num_samples, chunk, k_list, keep_log_weights),
+        vae, x, batch_size=batch_size, fabric=fabric, seed=seed, progress=progress, desc=f"IS K={num_samples}")
     unit_variance = kl_dims = None
-    if "post_mean" in per_point:
-        means = per_point["post_mean"]
+    if "post_mean" in figures:
+        means = figures["post_mean"]
         unit_variance = means.var(0) if total > 1 else torch.zeros(means.shape[1], dtype=torch.float64)
-        kl_dims = per_point["kl_dim"].mean(0)
+        kl_dims = figures["kl_dim"].mean(0)
         if torch.isnan(kl_dims).any():
             kl_dims = None
         elif rank == 0:  # every rank holds the gathered figures; one warning is enough
             _warn_collapse(kl_dims)
     return Evaluation(
-        log_px=per_point["log_px"], mc_se=per_point["mc_se"], elbo=per_point["elbo"],
-        elbo_mc_se=per_point["elbo_mc_se"], reconstruction=per_point["reconstruction"], kl=per_point["kl"],
-        iwae={k: per_point[f"iwae_{k}"] for k in k_list}, iwae_mc_se={k: per_point[f"iwae_se_{k}"] for k in k_list},
-        khat=per_point["khat"], ess=per_point["ess"], unit_variance=unit_variance, kl_per_dim=kl_dims,
+        log_px=figures["log_px"], mc_se=figures["mc_se"], elbo=figures["elbo"],
+        elbo_mc_se=figures["elbo_mc_se"], reconstruction=figures["reconstruction"], kl=figures["kl"],
+        iwae={k: figures[f"iwae_{k}"] for k in k_list}, iwae_mc_se={k: figures[f"iwae_se_{k}"] for k in k_list},
+        khat=figures["khat"], ess=figures["ess"], unit_variance=unit_variance, kl_per_dim=kl_dims,
         num_samples=num_samples, num_dims=num_dims, levels=levels,
-        kl_analytic=bool(per_point["kl_analytic"].all()), method="fused" if fused else "trace",
+        kl_analytic=bool(figures["kl_analytic"].all()), method=target.method,
         seconds=time.perf_counter() - tic, world_size=world, representation=representation,
-        log_weights=per_point.get("log_weight"),
+        log_weights=figures.get("log_weight"),
     )
-
 
 
 def _is_int(value: Any) -> bool:
@@ -306,21 +286,16 @@ def _check_arguments(vae: Any, x: Any, num_samples: Any, k_list: Any, batch_size
         raise ValueError(f"levels must be None or an int >= 2 (transform.density_levels), got {levels!r}.")
     if seed is not None and not _is_int(seed):
         raise TypeError(f"seed must be an int or None, got {seed!r} ({type(seed).__name__}).")
-    if method not in ("auto", "fused", "trace"):
-        raise ValueError(f"method must be 'auto', 'fused' or 'trace', got {method!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 
 def _bounded_batch(batch_size: int, num_samples: int) -> int:
     """The largest batch up to ``batch_size`` whose weights fit :data:`MAX_WEIGHT_BYTES`."""
-    fits = MAX_WEIGHT_BYTES // (num_samples * BYTES_PER_WEIGHT)
-    if fits < 1:
-        need = num_samples * BYTES_PER_WEIGHT
-        raise ValueError(
-            f"num_samples={num_samples} would need about {need / 2**30:.1f} GB for a single datapoint's weights "
-            f"({BYTES_PER_WEIGHT} bytes per draw: the (batch, K) matrix PSIS needs and its working copies), above "
-            f"the {MAX_WEIGHT_BYTES / 2**20:.0f} MB bound; use num_samples <= {MAX_WEIGHT_BYTES // BYTES_PER_WEIGHT}."
-        )
-    return min(batch_size, fits)
+    return bounded_batch(
+        batch_size, num_samples * BYTES_PER_WEIGHT, MAX_WEIGHT_BYTES,
+        f"num_samples={num_samples} ({BYTES_PER_WEIGHT} bytes per draw: the (batch, K) weights PSIS needs and their "
+        "working copies)", f"use num_samples <= {MAX_WEIGHT_BYTES // BYTES_PER_WEIGHT}")
 
 
 def _warn_collapse(kl_dims: Tensor) -> None:

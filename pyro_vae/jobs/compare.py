@@ -78,7 +78,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
                 split: str = "test", num_samples: int = 1000, seed: int = 0, quiet: bool = False,
                 data_root: str | None = None, which: str = "best", *, num_points: int | None = None,
                 batch_size: int | None = None, out: str | Path | None = None,
-                progress: bool | None = None) -> list[dict]:
+                progress: bool | None = None, trust_code: bool = False) -> list[dict]:
     """Fit baselines on the run's training split, score them and the VAE on ``split``.
 
     Writes ``compare.json``, ``compare.md`` and ``compare.png`` into ``out`` (default:
@@ -103,6 +103,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
         out: Output folder.
         progress: Progress bars (VAE scoring, each EM fit): ``True``, ``False`` or ``None``
             (only on a terminal).
+        trust_code: Import a received run's recorded import paths (see :mod:`pyro_vae.runs.trust`).
     """
     unknown = [b for b in baselines if b not in BASELINE_DATA]
     if unknown:
@@ -113,7 +114,7 @@ def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "
     run_name = run_home(run_dir).name
     out_dir = Path(out) if out is not None else run_home(run_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
+    vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root, trust_code=trust_code)
     x_raw_train, x_raw_test = dataset.train, dataset.split(split)[0][:num_points]
 
     x_vae = transform(x_raw_test, train=False)

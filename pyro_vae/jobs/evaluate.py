@@ -16,11 +16,13 @@ from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
 
-from pyro_vae.plots import figures as plots
 from pyro_vae.estimators.ais import AISResult, ais
-from pyro_vae.estimators.bdmc import BDMCResult, bdmc, simulate
+from pyro_vae.estimators.bdmc import BDMCResult, bdmc
+from pyro_vae.estimators.importance import evaluate
+from pyro_vae.estimators.settings import IS_SAMPLES, K_LIST, Settings
+from pyro_vae.models.target import simulate
 from pyro_vae.objectives.adversarial import ais_init
-from pyro_vae.estimators.importance import DEFAULT_K_LIST, evaluate
+from pyro_vae.plots import figures as plots
 from pyro_vae.results.report import KHAT_THRESHOLD, Evaluation, write_report
 from pyro_vae.runs.rundir import load_run, run_home
 
@@ -56,8 +58,8 @@ def which_to_quote(importance: Evaluation) -> str:
 def evaluate_run(
     run_dir: str | Path,
     split: str = "test",
-    num_samples: int = 1000,
-    k_list: Sequence[int] = DEFAULT_K_LIST,
+    num_samples: int = IS_SAMPLES,
+    k_list: Sequence[int] = K_LIST,
     out: str | Path | None = None,
     *,
     seed: int | None = 0,
@@ -66,9 +68,9 @@ def evaluate_run(
     fabric: Any = None,
     verbose: bool = True,
     method: str = "is",
-    steps: int = 100,
-    chains: int = 16,
-    leapfrog: int = 10,
+    steps: int = Settings.steps,
+    chains: int = Settings.chains,
+    leapfrog: int = Settings.leapfrog,
     bdmc_points: int = 0,
     data_root: str | None = None,
     num_points: int | None = None,
@@ -81,7 +83,8 @@ def evaluate_run(
     ``train=False`` (the fixed binarization/dequantization draws), scores it by
     importance sampling and, with ``method="ais"``, by annealed importance sampling; with
     ``bdmc_points > 0`` also runs BDMC on that many points simulated from the model at
-    ``T/100``, ``T/10`` and ``T``. Writes into ``out`` (default: the run directory)
+    ``T/100``, ``T/10`` and ``T`` (simulated through the model's own observed site, so any
+    model that meets the protocol of :mod:`pyro_vae.models.target` works). Writes into ``out`` (default: the run directory)
     ``report.json`` (IS figures at the top level, ``ais``/``bdmc`` sections beside them),
     ``bound_vs_k.png``, ``khat_hist.png``, ``kl_per_dim.png`` and, with BDMC,
     ``bdmc_sandwich.png``; prints the summary and which number to quote.
@@ -136,8 +139,10 @@ def evaluate_run(
     levels = transform.density_levels
     ev = evaluate(vae, x, num_samples, k_list, batch_size=batch_size, levels=levels, fabric=fabric, seed=seed,
                   progress=progress, keep_log_weights=keep_log_weights)
-    provenance = {"run_dir": str(run_dir), "objective": cfg.train.objective, "split": split, "dataset": dataset.name, "data": transform.describe(),
-                  "checkpoint": which, "likelihood": vae.likelihood.name, "prior": cfg.model.prior}
+    provenance = {"run_dir": str(run_dir), "objective": cfg.train.objective, "split": split, "dataset": dataset.name,
+                  "data": transform.describe(), "checkpoint": which, "model": getattr(cfg.model, "name", None),
+                  "likelihood": getattr(getattr(vae, "likelihood", None), "name", None),
+                  "prior": getattr(cfg.model, "prior", None)}
     ev.extra.update(provenance)
     init = ais_init(cfg.train.objective)  # the prior for aae/gan/ali, whose encoders are not posteriors
     sampler = {"chains": chains, "leapfrog": leapfrog, "init": init, "fabric": fabric, "seed": seed, "progress": progress}
@@ -145,7 +150,7 @@ def evaluate_run(
         ev.sections["ais"] = ais(vae, x, steps=steps, levels=levels, batch_size=batch_size, **sampler)
     curve: list[dict[str, Any]] = []
     if bdmc_points:
-        data = simulate(vae, bdmc_points, seed=seed)
+        data = simulate(vae, bdmc_points, like=x, seed=seed)  # through the model's own observed site
         for t in sorted({max(2, steps // 100), max(2, steps // 10), steps}):
             run = bdmc(vae, steps=t, data=data, **sampler)
             d = run.to_dict()

@@ -29,11 +29,12 @@ from typing import Any, Mapping
 import matplotlib.pyplot as plt
 import torch
 
-from pyro_vae.estimators.ais import ais
 from pyro_vae.baselines.registry import make_baseline
+from pyro_vae.estimators.ais import ais
 from pyro_vae.estimators.bdmc import bdmc
-from pyro_vae.objectives.adversarial import ais_init
 from pyro_vae.estimators.importance import evaluate
+from pyro_vae.estimators.settings import BDMC_POINTS, IS_SAMPLES, Settings
+from pyro_vae.objectives.adversarial import ais_init
 from pyro_vae.plots.figures import image_grid, to_images
 
 __all__ = ["family_table", "markdown_table", "sample_grids"]
@@ -52,10 +53,10 @@ def _test_points(models: Mapping[str, Any], points: int | None) -> torch.Tensor:
     return first
 
 
-def family_table(models: Mapping[str, Any], *, points: int | None = None, steps: int = 100, chains: int = 16,
-                 leapfrog: int = 10, bdmc_points: int = 50, is_samples: int = 1000, baseline: str | None = "auto",
-                 components: int = 10, seed: int = 0, progress: bool | None = False,
-                 cache: str | Path | None = None) -> list[dict[str, Any]]:
+def family_table(models: Mapping[str, Any], *, points: int | None = None, steps: int = Settings.steps,
+                 chains: int = Settings.chains, leapfrog: int = Settings.leapfrog, bdmc_points: int = BDMC_POINTS,
+                 is_samples: int = IS_SAMPLES, baseline: str | None = "auto", components: int = 10, seed: int = 0,
+                 progress: bool | None = False, cache: str | Path | None = None) -> list[dict[str, Any]]:
     """Score every model on the same test points: AIS, IS, BDMC gap, and an exact EM baseline row.
 
     Args:
@@ -96,7 +97,7 @@ def family_table(models: Mapping[str, Any], *, points: int | None = None, steps:
         run = ais(vae, x, steps=steps, chains=chains, leapfrog=leapfrog, init=init, seed=seed, progress=progress)
         importance = evaluate(vae, x, num_samples=is_samples, k_list=(1, is_samples), seed=seed, progress=progress)
         gap = bdmc(vae, bdmc_points, steps=steps, chains=chains, leapfrog=leapfrog, init=init, seed=seed,
-                   progress=progress).to_dict()["gap"] if bdmc_points else None
+                   event_shape=x.shape[1:], progress=progress).to_dict()["gap"] if bdmc_points else None
         scored[name] = run.log_likelihood
         rows.append({
             "model": name, "objective": objective, "init": init,

@@ -48,7 +48,8 @@ from pyro_vae.runs.build import (
     load_data,
     make_fabric,
 )
-from pyro_vae.runs.checkpoint import capture_rng, load_checkpoint, restore_rng
+from pyro_vae.runs.checkpoint import capture_rng, restore_rng
+from pyro_vae.runs.trust import sign
 from pyro_vae.runs.config import Config, TrainConfig
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.datasets import Dataset
@@ -268,6 +269,7 @@ def fit(
     encoder: Any = None,
     decoder: Any = None,
     model: Any = None,
+    trust_code: bool = False,
 ) -> FitResult:
     """Train a VAE, or any Pyro model and guide, with SVI.
 
@@ -290,6 +292,8 @@ def fit(
             ``guide(x)`` whose latent sites lie in the data plate, recorded as
             ``model: {name: "package.module:Class", **settings}`` (its settings are known
             when it subclasses :class:`~pyro_vae.core.records.RecordsSettings`).
+        trust_code: With ``resume``, import the run's recorded import paths even though
+            this user did not write or trust it (see :mod:`pyro_vae.runs.trust`).
 
     Returns:
         A :class:`FitResult`.
@@ -303,8 +307,8 @@ def fit(
     objects["model"] = model
     state, source = None, None
     if resume is not None:
-        source = Path(resume) / runs.CHECKPOINT if Path(resume).is_dir() else Path(resume)
-        state = load_checkpoint(resume, require=("config", "model", "optimizer", "epoch", "rng", "history"))
+        source, state = runs.read_checkpoint(resume, "last", trust_code,
+                                             require=("config", "model", "optimizer", "epoch", "rng", "history"))
         cfg = config_lib.from_dict(state["config"])
         if config is not None:
             _check_extension(cfg.train, as_config(config).train.epochs, state["epoch"])
@@ -462,7 +466,9 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
             best, bad_epochs = (val_m["elbo"], 0) if improved else (best, bad_epochs + 1)
             stop = tc.patience is not None and bad_epochs >= tc.patience
             if run_dir is not None:
-                ckpt = {"config": config_lib.to_dict(cfg), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+                recorded = config_lib.to_dict(cfg)
+                # Signed with this user's key: rebuilding the run here needs no --trust-code.
+                ckpt = {"config": recorded, "signature": sign(recorded), "model": vae.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
                         "global_step": global_step, "rng": capture_rng(), "history": history,
                         "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,

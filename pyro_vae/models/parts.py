@@ -36,13 +36,14 @@ import json
 from typing import Any, Callable
 
 from torch import nn
+from torch.distributions import Distribution
 
 from pyro_vae.core.errors import PartError
 from pyro_vae.models.likelihoods import LIKELIHOODS
 from pyro_vae.models.nets import ENCODERS, DECODERS
 from pyro_vae.models.priors import PRIORS
 
-__all__ = ["KINDS", "register", "is_import_path", "import_object", "lookup", "settings_of", "check_settings", "spec_of", "registered_name", "MODELS", "VAE_CLASSES"]
+__all__ = ["KINDS", "register", "part", "is_part", "PART_MARK", "is_import_path", "import_object", "lookup", "settings_of", "check_settings", "spec_of", "registered_name", "MODELS", "VAE_CLASSES"]
 
 VAE_CLASSES: dict[str, Callable[..., Any]] = {}  # registered VAE subclasses (the stock VAE needs no name)
 MODELS: dict[str, Callable[..., Any]] = {}  # registered models: any class with Pyro model(x) and guide(x)
@@ -76,6 +77,8 @@ def register(kind: str, name: str | None = None) -> Callable[[Callable], Callabl
         if existing is not None and existing is not obj:
             raise PartError(f"{kind} name {key!r} is already registered to {_path_of(existing)}; choose another name.")
         KINDS[kind][key] = obj
+        if not inspect.isclass(obj):
+            setattr(obj, PART_MARK, True)
         return obj
 
     return decorate
@@ -106,10 +109,51 @@ def import_object(path: str) -> Any:
     return obj
 
 
+PART_MARK = "__pyro_vae_part__"
+
+
+def part(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a function as a part, so a config may name it by import path.
+
+    A class that is an ``nn.Module`` or a torch ``Distribution`` is a part by its type; a
+    plain function is only a part when it says so, since an import path to any function
+    (``os:system``, ``subprocess:run``) would otherwise be called with settings from a file.
+    Registering a function (:func:`register`) marks it too.
+
+    Example:
+        >>> @part
+        ... def laplace_fixed(scale: float = 0.1): ...
+        >>> is_part(laplace_fixed)
+        True
+    """
+    setattr(fn, PART_MARK, True)
+    return fn
+
+
+def is_part(obj: Any) -> bool:
+    """Whether ``obj`` may be built from a config: a module or distribution class, or a marked or registered function."""
+    if inspect.isclass(obj):
+        return issubclass(obj, (nn.Module, Distribution))
+    if getattr(obj, PART_MARK, False) or any(obj is s for registry in KINDS.values() for s in registry.values()):
+        return True
+    return False
+
+
 def lookup(kind: str, name: str) -> Callable[..., Any]:
-    """The strategy (class or function) a registered name or an import path names."""
+    """The strategy (class or function) a registered name or an import path names.
+
+    Raises:
+        PartError: Unknown name, an import that fails, or an import path to something that
+            is not a part (see :func:`is_part`): it is never called.
+    """
     if is_import_path(name):
-        return import_object(name)
+        obj = import_object(name)
+        if not is_part(obj):
+            what = "a class that is not an nn.Module or a Distribution" if inspect.isclass(obj) else \
+                f"a {type(obj).__name__} not marked as a part"
+            raise PartError(f"{kind} {name!r} is {what}; pyro_vae builds only parts from import paths: an nn.Module "
+                            "or Distribution class, or a function decorated with @pyro_vae.models.parts.part.")
+        return obj
     registry = KINDS[kind]
     if name not in registry:
         raise PartError(f"unknown {kind} {name!r}; registered: {', '.join(registry) or 'none'}, "

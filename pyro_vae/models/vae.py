@@ -37,6 +37,7 @@ from pyro.nn import PyroModule, pyro_method
 from torch import Tensor, nn
 
 from pyro_vae.data.files import MAX_LEVELS
+from pyro_vae.models.fused import FusedVAE
 from pyro_vae.models.likelihoods import check_support, resolve_likelihood
 from pyro_vae.models.nets import make_decoder, make_encoder
 from pyro_vae.models.priors import prior_log_density, resolve_prior
@@ -350,6 +351,17 @@ class VAE(PyroModule):
     @property
     def num_dims(self) -> int:
         return math.prod(self.event_shape)
+
+    # -- fast kernels offered to the estimators --
+
+    def fused(self) -> FusedVAE | None:
+        """The estimators' densities without tracing (:class:`~pyro_vae.models.fused.FusedVAE`), or ``None``.
+
+        ``None`` when a subclass replaces ``model``, ``guide`` or ``encode``: then only the
+        traces of ``model`` and ``guide`` say what the densities are. A replaced ``decode``
+        is called as it is. See :func:`pyro_vae.models.target.fast_path`.
+        """
+        return None if self.overridden & {"model", "guide", "encode"} else FusedVAE(self)
 
 
 def _is_int(value: Any) -> bool:

@@ -83,10 +83,20 @@ def as_config(cfg: Config | dict | str | Path | None) -> Config:
     return config_lib.load(cfg)
 
 
-def load_data(cfg: Config, root: str | None = None) -> Dataset:
-    """The dataset ``cfg.data`` names; ``root`` overrides ``cfg.data.root`` (data that moved)."""
+def load_data(cfg: Config, root: str | None = None, download: bool | None = None,
+              recorded_root: bool = True) -> Dataset:
+    """The dataset ``cfg.data`` names.
+
+    Args:
+        cfg: The config.
+        root: Overrides ``cfg.data.root`` (data that moved).
+        download: Overrides ``cfg.data.download``.
+        recorded_root: Use ``cfg.data.root`` when ``root`` is not given; ``False`` reads the
+            default folder instead (a received run's folder is its sender's choice).
+    """
     d = cfg.data
-    return load_dataset(d.name, root=root or d.root, download=d.download, split_seed=d.split_seed,
+    return load_dataset(d.name, root=root or (d.root if recorded_root else None),
+                        download=d.download if download is None else download, split_seed=d.split_seed,
                         val_fraction=d.val_fraction, test_fraction=d.test_fraction)
 
 

@@ -43,11 +43,12 @@ from pyro_vae.plots import figures as plots
 from pyro_vae.runs.build import DataShape, build_model, build_transform, load_data
 from pyro_vae.core.errors import CheckpointError
 from pyro_vae.runs.checkpoint import load_checkpoint, save_checkpoint
+from pyro_vae.runs.trust import import_paths, is_signed, require_trust, sign
 from pyro_vae.runs.config import Config
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import DataTransform
 
-__all__ = ["CHECKPOINT", "BEST", "run_home", "require_custom_parts", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures", "checkpoint_path", "read_checkpoint", "load_weights", "load_model", "load_run", "read_history"]
+__all__ = ["CHECKPOINT", "BEST", "run_home", "require_custom_parts", "locked_run_dir", "prepare_run_dir", "save_epoch", "write_metrics", "save_training_pictures", "checkpoint_path", "read_checkpoint", "trust_run", "load_weights", "load_model", "load_run", "read_history"]
 
 CHECKPOINT, BEST = "checkpoint.pt", "best.pt"
 WHICH = ("best", "last")
@@ -171,24 +172,49 @@ def checkpoint_path(path: str | Path, which: str = "best") -> Path:
     return best if which == "best" and best.exists() else path / CHECKPOINT
 
 
-def read_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, dict[str, Any]]:
-    """The checkpoint file :func:`checkpoint_path` picks, and its contents.
+def read_checkpoint(path: str | Path, which: str = "best", trust_code: bool = False,
+                    require: Sequence[str] = ("config", "model")) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint file :func:`checkpoint_path` picks, and its contents, if this user trusts them.
 
     An unreadable ``best.pt`` in a run directory does not block the run: the latest
-    ``checkpoint.pt`` is read instead, with a warning.
+    ``checkpoint.pt`` is read instead, with a warning. Every reader of a run comes through
+    here, so a checkpoint that names code this user has not trusted is refused before
+    anything is imported (:func:`pyro_vae.runs.trust.require_trust`).
 
     Raises:
         CheckpointError: The checkpoint (and, for ``"best"``, its fallback) cannot be read.
+        UntrustedRunError: It names import paths and is neither signed here nor trusted.
     """
     file = checkpoint_path(path, which)
     try:
-        return file, load_checkpoint(file)
+        state = load_checkpoint(file, require=require)
     except CheckpointError as exc:
         fallback = file.with_name(CHECKPOINT)
         if not (Path(path).is_dir() and file.name == BEST and fallback.exists()):
             raise
         warnings.warn(f"{exc} Using {str(fallback)!r} (the latest epoch) instead.", stacklevel=3)
-        return fallback, load_checkpoint(fallback)
+        file, state = fallback, load_checkpoint(fallback, require=require)
+    require_trust(state, file, trust_code)
+    return file, state
+
+
+def trust_run(path: str | Path) -> list[str]:
+    """Sign every checkpoint of a run with this user's key (``pyro-vae trust RUN``); the import paths it names.
+
+    From then on the run's recorded import paths are imported without ``--trust-code``.
+    Checkpoints are rewritten atomically; their weights are not changed.
+    """
+    run = run_home(path)
+    files = [run / name for name in (CHECKPOINT, BEST) if (run / name).exists()] if Path(path).is_dir() else [Path(path)]
+    if not files:
+        raise CheckpointError(f"No checkpoint in {str(run)!r}; pass a run directory written by `pyro-vae train`.")
+    paths: list[str] = []
+    for file in files:
+        state = load_checkpoint(file)
+        state["signature"] = sign(state["config"])
+        save_checkpoint(file, state)
+        paths += [p for p in import_paths(state["config"]) if p not in paths]
+    return paths
 
 
 def load_weights(target: Any, weights: Any, file: Path, what: str = "model") -> None:
@@ -226,7 +252,7 @@ def _rebuild(state: dict[str, Any], shape: DataShape, file: Path,
     return vae, cfg, build_transform(cfg, shape, vae)
 
 
-def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[Any, DataTransform]:
+def load_model(path: str | Path, which: str = "best", trust_code: bool = False, **objects: Any) -> tuple[Any, DataTransform]:
     """The trained model and its data transform, from a run directory or checkpoint, without the data.
 
     The model is the stock VAE or whatever model the run trained (its ``model.name``).
@@ -234,6 +260,8 @@ def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[A
     Args:
         path: A run directory or a ``.pt`` checkpoint.
         which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
+        trust_code: Import the run's recorded import paths even though this user did not
+            write or trust the run (see :mod:`pyro_vae.runs.trust`).
         **objects: The parts (``prior=``, ``likelihood=``, ``encoder=``, ``decoder=``) of a
             run trained with parts its checkpoint could not record (see
             :func:`pyro_vae.runs.build.record_parts`).
@@ -242,7 +270,7 @@ def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[A
         CheckpointError: The checkpoint predates data shapes in checkpoints (use :func:`load_run`),
             or a part it could not record was not passed.
     """
-    file, state = read_checkpoint(path, which)
+    file, state = read_checkpoint(path, which, trust_code)
     if "data_shape" not in state:
         raise CheckpointError(f"Checkpoint {str(file)!r} does not record its data shape (written by an older "
                               "pyro_vae); load it with pyro_vae.runs.rundir.load_run, which reads the data.")
@@ -250,18 +278,26 @@ def load_model(path: str | Path, which: str = "best", **objects: Any) -> tuple[A
     return vae, transform
 
 
-def load_run(path: str | Path, which: str = "best", data_root: str | None = None,
+def load_run(path: str | Path, which: str = "best", data_root: str | None = None, trust_code: bool = False,
              **objects: Any) -> tuple[Any, Config, Dataset, DataTransform]:
     """Rebuild a trained model and its data pipeline from a run directory or checkpoint file.
+
+    A run this user did not write (unsigned) names a data folder and a download flag of its
+    sender's choosing: neither is followed. Its data is read from ``data_root`` or the
+    default folder, and nothing is downloaded.
 
     Args:
         path: A run directory or a ``.pt`` checkpoint.
         which: ``"best"`` (best validation ELBO, falling back to the latest) or ``"last"``.
         data_root: Where the data lives now, if it moved since training.
+        trust_code: As for :func:`load_model`.
         **objects: Parts the checkpoint could not record, as for :func:`load_model`.
     """
-    file, state = read_checkpoint(path, which)
+    file, state = read_checkpoint(path, which, trust_code)
     cfg = config_lib.from_dict(state["config"])
-    dataset = load_data(cfg, root=data_root)
+    if is_signed(state):
+        dataset = load_data(cfg, root=data_root)
+    else:
+        dataset = load_data(cfg, root=data_root, download=False, recorded_root=False)
     vae, cfg, transform = _rebuild(state, DataShape.of(dataset), file, objects)
     return vae, cfg, dataset, transform
