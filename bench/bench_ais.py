@@ -10,7 +10,7 @@ Stages (``--stages``, run in this order, each resumable):
 * ``tune``: AIS at about equal cost per point with other (chains, T, leapfrog), ``--tune``
   as ``CxTxL`` items, on the first ``--tune-points`` points, paired against the reference
   setting ``--tune-ref`` (which must also be run, here or by ``ais``);
-* ``bdmc``: ``--bdmc-points`` points simulated from the model (``pyro_vae.estimators.bdmc.simulate``),
+* ``bdmc``: ``--bdmc-points`` points simulated from the model (``pyro_vae.models.target.simulate``),
   forward (lower) and reverse (upper) AIS at each ``--bdmc-steps`` T, and plain IS at
   each ``--bdmc-is`` K on the same points.
 
@@ -74,7 +74,7 @@ def default_model() -> str:
 
 
 def pilots_of(chains: int) -> int:
-    return max(1, chains // 4)  # pyro_vae.estimators.ais.Settings' default for adapt="pilot"
+    return max(1, chains // 4)  # pyro_vae.estimators.settings.Settings' default for adapt="pilot"
 
 
 def evals_per_point(chains: int, steps: int, leapfrog: int) -> int:
@@ -325,7 +325,7 @@ def main() -> None:
 
     import pyro
 
-    from pyro_vae.estimators.bdmc import simulate
+    from pyro_vae.models.target import simulate
     from pyro_vae.runs.rundir import load_run
 
     pyro.enable_validation(False)

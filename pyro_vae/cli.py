@@ -189,10 +189,37 @@ def _train_config(args: argparse.Namespace):
     if args.net:
         raw["model"]["net"]["kind"] = args.net
     if args.hidden:
-        raw["model"]["net"]["hidden"] = [int(h) for h in args.hidden.split(",")]
+        try:
+            raw["model"]["net"]["hidden"] = [int(h) for h in args.hidden.split(",")]
+        except ValueError:
+            raise ConfigError(f"--hidden {args.hidden!r}: expected comma-separated layer sizes such as 200,200 "
+                              "(or an empty string for a linear net).") from None
     if args.out:
         raw["out"] = args.out
     return config_lib.from_dict(raw)
+
+
+def _resume_changes(args: argparse.Namespace) -> dict | None:
+    """What ``train --resume`` was asked to change: only the flags given (a resume keeps the rest of its config)."""
+    from pyro_vae.core.errors import ConfigError
+
+    if args.config:
+        raise ConfigError("--config starts a run; --resume continues the one in its directory with its own config. "
+                          "Change what a resume may change with flags (--epochs, --lr, ...) or --set.")
+    raw: dict = {}
+    for dest, (section, key) in TRAIN_FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            raw.setdefault(section, {})[key] = value
+    for flag, given in (("--prior-arg", args.prior_arg), ("--likelihood-arg", args.likelihood_arg),
+                        ("--net", args.net), ("--hidden", args.hidden), ("--out", args.out)):
+        if given:
+            raise ConfigError(f"{flag} cannot change when resuming: a resume continues the run in {args.resume!r} "
+                              "(its model and directory); start a new run instead.")
+    for pair in args.set_values:
+        path, value = _key_value(pair, "--set")
+        _set_path(raw, path, value)
+    return raw or None
 
 
 def _key_value(pair: str, flag: str) -> tuple[str, object]:
@@ -227,15 +254,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from pyro_vae.jobs.train import fit
 
     if args.resume:
-        cfg = _train_config(args) if args.epochs else None
-        result = fit(cfg, resume=args.resume, progress=not args.no_progress, trust_code=args.trust_code)
+        result = fit(_resume_changes(args), resume=args.resume, progress=not args.no_progress, trust_code=args.trust_code)
     else:
         result = fit(_train_config(args), progress=not args.no_progress)
     import lightning_fabric.utilities.rank_zero as rz
 
     if rz.rank_zero_only.rank == 0:
         last = result.history[-1] if result.history else None
-        if last is None:
+        if result.epochs_trained == 0:
+            done = len(result.history)
+            print(f"Nothing to train: {result.run_dir} has finished its {done} epochs and nothing was changed; "
+                  f"continue it with --resume {result.run_dir} --epochs {done + 10} (any number above {done}).")
+        elif last is None:
             print(f"Nothing to do: the run in {result.run_dir} already finished {result.config.train.epochs} epochs.")
         elif "train_discriminator_loss" in last:  # aae/gan/ali: their losses are not bounds on log p(x)
             objective = result.config.train.objective

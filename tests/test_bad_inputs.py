@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pyro.infer import Trace_ELBO
+from pyro_vae.objectives.elbo import ELBO
 from pyro_vae import cli
 from pyro_vae.runs.build import DataShape, build_vae
 from pyro_vae.core.errors import CheckpointError
@@ -272,17 +272,17 @@ API_CASES = [
     pytest.param(lambda: vae().model(None, -3), ValueError, ("num_samples",), id="model-negative-samples"),
     pytest.param(lambda: vae().model(None, 2.5), TypeError, ("num_samples",), id="model-float-samples"),
     pytest.param(lambda: vae().sample(0), ValueError, ("n must be >= 1",), id="sample-zero"),
-    pytest.param(lambda: vae()(GREY, Trace_ELBO()), ValueError, ("binary data", "binarize"), id="fused-elbo-bernoulli-grey"),
-    pytest.param(lambda: vae()(GREY, IWAE(num_particles=3)), ValueError, ("binary data",), id="fused-iwae-bernoulli-grey"),
+    pytest.param(lambda: ELBO().training_loss(vae(), GREY), ValueError, ("binary data", "binarize"), id="fused-elbo-bernoulli-grey"),
+    pytest.param(lambda: IWAE(num_particles=3).training_loss(vae(), GREY), ValueError, ("binary data",), id="fused-iwae-bernoulli-grey"),
     pytest.param(lambda: vae().elbo_terms(GREY), ValueError, ("binary data",), id="elbo-terms-bernoulli-grey"),
-    pytest.param(lambda: vae("categorical")(GREY * 40, Trace_ELBO()), ValueError, ("support",), id="fused-categorical-out-of-range"),
-    pytest.param(lambda: vae()(BINARY.numpy(), Trace_ELBO()), TypeError, ("torch.Tensor", "numpy.ndarray", "torch.as_tensor"),
-                 id="forward-numpy"),
-    pytest.param(lambda: vae()(BINARY.long(), Trace_ELBO()), TypeError, ("torch.int64", "torch.float32"), id="forward-int64"),
-    pytest.param(lambda: vae()(BINARY.double(), Trace_ELBO()), TypeError, ("torch.float64", "x.to(torch.float32)"),
-                 id="forward-float64"),
-    pytest.param(lambda: vae()(BINARY.reshape(5, 64), Trace_ELBO()), ValueError, ("shape (5, 64)", "(N, 8, 8)"),
-                 id="forward-flat-shape"),
+    pytest.param(lambda: ELBO().training_loss(vae("categorical"), GREY * 40), ValueError, ("support",), id="fused-categorical-out-of-range"),
+    pytest.param(lambda: ELBO().training_loss(vae(), BINARY.numpy()), TypeError, ("torch.Tensor", "numpy.ndarray", "torch.as_tensor"),
+                 id="loss-numpy"),
+    pytest.param(lambda: ELBO().training_loss(vae(), BINARY.long()), TypeError, ("torch.int64", "torch.float32"), id="loss-int64"),
+    pytest.param(lambda: ELBO().training_loss(vae(), BINARY.double()), TypeError, ("torch.float64", "x.to(torch.float32)"),
+                 id="loss-float64"),
+    pytest.param(lambda: ELBO().training_loss(vae(), BINARY.reshape(5, 64)), ValueError, ("shape (5, 64)", "(N, 8, 8)"),
+                 id="loss-flat-shape"),
     pytest.param(lambda: vae().guide(BINARY.numpy()), TypeError, ("numpy.ndarray",), id="guide-numpy"),
     pytest.param(lambda: vae().reconstruct(BINARY.reshape(5, 64)), ValueError, ("(N, 8, 8)",), id="reconstruct-flat"),
     pytest.param(lambda: vae().check_data(GREY), ValueError, ("binary data",), id="check-data-grey"),

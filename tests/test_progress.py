@@ -24,8 +24,10 @@ def test_evaluate_bar_counts_points(capsys):
     err = capsys.readouterr().err
     assert "IS K=20" in err and "30/30" in err and "point" in err
     evaluate(vae, x, num_samples=20, k_list=(1,), seed=0, progress=False)
-    evaluate(vae, x, num_samples=20, k_list=(1,), seed=0, progress=None)  # auto: stderr here is not a terminal
     assert capsys.readouterr().err == ""
+    evaluate(vae, x, num_samples=20, k_list=(1,), seed=0, progress=None)  # stderr here is not a terminal: plain lines
+    err = capsys.readouterr().err
+    assert "\r" not in err and "IS K=20: 30/30 points (100%)" in err.splitlines()[-1]
 
 
 def test_ais_and_em_bars(capsys):
@@ -66,3 +68,33 @@ def test_cli_evaluate_flags_and_no_progress(tmp_path, capsys):
     code = main(["compare", str(run), "--baselines", "ppca", "--samples", "20", "--points", "10", "--out", str(out),
                  "--no-progress"])
     assert code == 0 and json.loads((out / "compare.json").read_text())[0]["num_points"] == 10
+
+
+def test_training_into_a_log_prints_one_line_per_epoch(tmp_path):
+    """Not a terminal: no carriage-return bar, one plain line per epoch with loss, validation ELBO and time."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    log = tmp_path / "train.log"
+    with open(log, "w") as handle:
+        proc = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--epochs", "3", "--hidden", "16",
+                               "--out", str(tmp_path / "run")], stdout=handle, stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONPATH": str(root)}, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "\r" not in text
+    epochs = [line for line in text.splitlines() if line.startswith("train epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["train epoch 1/3", "train epoch 2/3", "train epoch 3/3"]
+    assert all("validation ELBO" in line and line.endswith(" s") for line in epochs)
+
+
+def test_a_terminal_reporting_width_zero_gets_a_usable_bar(monkeypatch):
+    import os
+
+    from pyro_vae.core import progress
+
+    monkeypatch.setattr(progress.shutil, "get_terminal_size", lambda fallback=None: os.terminal_size((0, 0)))
+    assert progress.bar_width() == progress.FALLBACK_WIDTH

@@ -11,7 +11,7 @@ particle dim.
 
 The forward pass uses ``softplus(l) = (l + |l|)/2 - log(sigmoid(|l|))``, so the sum is
 ``(x - 1/2)·l - sum|l|/2 + sum log(sigmoid(|l|))``: ``abs``, ``sigmoid`` and ``log``, the
-same recipe as evaluation's :func:`~pyro_vae.models.target.bernoulli_log_prob_pieces`. At AIS's
+same recipe as evaluation's :func:`~pyro_vae.models.fused.bernoulli_log_prob_pieces`. At AIS's
 1600 x 784 logits ``F.softplus`` (``log1p`` of ``exp`` behind a threshold) made AIS 10-12%
 slower end to end on torch 2.14.1 and 2.15.0. At a training batch (100 x 784) one host
 measured ``F.softplus`` 2-5% faster per step and a later one 2.6-3.2x slower per call (420

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyro_vae.objectives.adversarial import Adversarial, check_balance
-from pyro_vae.core.errors import TrainingDivergedError
+from pyro_vae.core.errors import CheckpointError, TrainingDivergedError
+from pyro_vae.core.progress import bar_width, is_terminal
 from pyro_vae.runs import config as config_lib
 from pyro_vae.runs import rundir as runs
 from pyro_vae.runs.build import (
@@ -146,6 +148,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     ddp: dict | None = None
+    epochs_trained: int = -1  # epochs this call trained; 0 when a resume found nothing left to train
 
 
 @torch.no_grad()
@@ -279,7 +282,8 @@ def fit(
         run_dir: Where to write; ``"from-config"`` uses ``config.out``; ``None`` writes nothing.
         resume: A run directory (or checkpoint) to continue. Its own config is used,
             except that ``config.train.epochs``, when given, may extend the run.
-        progress: Show a tqdm bar with the running loss.
+        progress: Report progress: a bar with the running loss on a terminal, one line per
+            epoch (loss, validation ELBO, time) on stderr otherwise.
         dataset: Use this dataset instead of loading ``config.data``.
         prior: A ready prior (anything :class:`~pyro_vae.models.vae.VAE` accepts) replacing the
             config's; recorded in the checkpoint by import path and settings when it can be.
@@ -309,11 +313,15 @@ def fit(
     if resume is not None:
         source, state = runs.read_checkpoint(resume, "last", trust_code,
                                              require=("config", "model", "optimizer", "epoch", "rng", "history"))
-        cfg = config_lib.from_dict(state["config"])
-        if config is not None:
-            _check_extension(cfg.train, as_config(config).train.epochs, state["epoch"])
-            cfg.train.epochs = as_config(config).train.epochs
-        run_dir = Path(resume) if Path(resume).is_dir() else Path(resume).parent
+        run_dir = runs.run_home(source)
+        cfg, changes = _resume_config(state, config, source)
+        done = state["epoch"]
+        if cfg.train.epochs <= done:
+            # Nothing to train: say so (FitResult.epochs_trained == 0) and write nothing.
+            vae, transform = runs.load_model(source, "last", trust_code, **objects)
+            return FitResult(vae=vae, config=cfg, dataset=None, transform=transform, history=list(state["history"]),
+                             run_dir=run_dir, epochs_trained=0)
+        state["resumed_with"] = changes
     else:
         cfg = as_config(config)
         run_dir = Path(cfg.out) if run_dir == "from-config" else (Path(run_dir) if run_dir else None)
@@ -325,6 +333,89 @@ def fit(
         if run_dir is not None and fabric.is_global_zero:  # before any expensive work: fail fast
             stack.enter_context(runs.locked_run_dir(run_dir))
         return _fit(cfg, fabric, run_dir, state, progress, dataset, source, objects)
+
+
+# What a resumed run may change, and why the rest may not: a resume continues the run in the checkpoint.
+RESUMABLE = ("train.epochs", "train.lr", "train.grad_clip", "train.patience", "train.devices", "train.accelerator",
+             "train.num_nodes", "train.strategy", "train.logger", "train.metrics_max_points", "data.root", "data.download")
+FIXED_BECAUSE = {
+    "model": "it changes the model whose weights the checkpoint holds",
+    "data": "it changes the data the run trains on",
+    "train": "it changes how the run was planned (its steps, draws, objective or schedule), so the resumed run would "
+             "not continue the one in the checkpoint",
+}
+
+
+def _flatten(raw: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and key not in ("settings",) and not key.endswith("_kwargs"):
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def _resume_config(state: dict, config: Any, source: Path) -> tuple[Config, dict[str, list]]:
+    """The config a resumed run continues with, and what the caller changed: ``{path: [old, new]}``.
+
+    ``config`` (a mapping, a Config, a YAML path or ``None``) states what to change; for a
+    mapping only the keys it names count. Changes in :data:`RESUMABLE` are applied; any
+    other is refused with the reason, as is a checkpoint whose config was edited after it ran.
+    """
+    recorded = state["config"]
+    cfg = config_lib.from_dict(recorded)
+    given = {} if config is None else config if isinstance(config, dict) else config_lib.to_dict(as_config(config))
+    old, new = _flatten(recorded), _flatten(given)
+    ran_at = _optimizer_lr(state)
+    if "train.lr" not in new:  # an explicit rate replaces whatever the optimizer ran at
+        _check_optimizer_matches(cfg, ran_at, source)
+    changes = {path: [old.get(path), value] for path, value in new.items()
+               if path != "out" and (old.get(path) != value or path == "train.lr")}
+    if "train.lr" in changes:
+        changes["train.lr"][0] = ran_at if ran_at is not None else cfg.train.lr
+        if changes["train.lr"][0] == changes["train.lr"][1]:
+            del changes["train.lr"]
+    if not changes:
+        return cfg, {}
+    refused = [path for path in changes if path not in RESUMABLE]
+    if refused:
+        path = refused[0]
+        raise ConfigError(
+            f"cannot change {', '.join(f'{p} ({changes[p][0]!r} -> {changes[p][1]!r})' for p in refused)} when resuming "
+            f"{str(runs.run_home(source))!r}: {FIXED_BECAUSE[path.split('.')[0]]}; start a new run (--out) instead. "
+            f"A resume may change: {', '.join(RESUMABLE)}."
+        )
+    if "train.lr" in changes and cfg.train.lr_schedule != "none":
+        raise ConfigError(f"cannot change train.lr when resuming a run with train.lr_schedule {cfg.train.lr_schedule!r}: "
+                          "the schedule sets the rate of every step; start a new run (--out) instead.")
+    raw = config_lib.to_dict(cfg)
+    for path, (_, value) in changes.items():
+        section, key = path.split(".", 1)
+        raw[section][key] = value
+    updated = config_lib.from_dict(raw)
+    if "train.epochs" in changes:
+        done = state["epoch"]
+        if updated.train.epochs < done:
+            raise ConfigError(f"{str(runs.run_home(source))!r} has trained {done} epochs; train.epochs "
+                              f"{updated.train.epochs} cannot undo them: ask for more than {done} to continue it.")
+        _check_extension(cfg.train, updated.train.epochs, done)
+    return updated, changes
+
+
+def _optimizer_lr(state: dict) -> float | None:
+    """The base learning rate the checkpoint's optimizer ran at."""
+    groups = state["optimizer"].get("param_groups") or [{}]
+    return groups[0].get("initial_lr", groups[0].get("lr"))
+
+
+def _check_optimizer_matches(cfg: Config, ran: float | None, source: Path) -> None:
+    """Refuse a checkpoint whose recorded learning rate is not the one its optimizer ran at (an edited config)."""
+    if ran is not None and not math.isclose(ran, cfg.train.lr, rel_tol=1e-9):
+        raise CheckpointError(f"{str(source)!r}: its config says train.lr {cfg.train.lr:g} but its optimizer ran at "
+                              f"{ran:g}, so the config was edited after the run; restore it, or change the rate "
+                              "explicitly with --lr (train.lr) when resuming.")
 
 
 def _check_extension(planned: TrainConfig, epochs: int, done: int) -> None:
@@ -395,6 +486,7 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
         selects_on_val = False
 
     history: list[dict] = []
+    resumes: list[dict] = []  # each resume of this run: the epoch it continued from and what it changed
     start_epoch, global_step, best, bad_epochs = 0, 0, -math.inf, 0
     guard = DivergenceGuard(lr=tc.lr, last_good="no checkpoint was written (no epoch finished)" if run_dir is not None
                             else "nothing was saved (run_dir=None)")
@@ -414,6 +506,11 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
         guard.reference = state.get("loss_reference")
         guard.last_good = f"{source} keeps epoch {start_epoch}, the last good one"
         restore_rng(state["rng"])
+        changes = state.get("resumed_with") or {}
+        if "train.lr" in changes:  # the checkpoint's optimizer carries the old rate; the new one is the caller's
+            for group in optimizer.param_groups:
+                group["lr"] = tc.lr
+        resumes = [*state.get("resumes", []), {"epoch": start_epoch, "changed": changes}]
     if run_dir is not None and fabric.is_global_zero:
         runs.prepare_run_dir(run_dir, cfg)
 
@@ -426,8 +523,11 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     warmup_steps = tc.warmup_epochs * steps_per_epoch
     beta = tc.beta
     seen = 0
-    bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not (progress and fabric.is_global_zero),
-               desc="train", unit="step")
+    # On a terminal a bar; into a log file (CI, nohup, a cluster job) one plain line per epoch instead.
+    report = progress and fabric.is_global_zero
+    on_terminal = report and is_terminal()
+    bar = tqdm(total=(tc.epochs - start_epoch) * steps_per_epoch, disable=not on_terminal, desc="train", unit="step",
+               ncols=bar_width())
     with pyro.settings.context(module_local_params=local_params), bar:
         for epoch in range(start_epoch, tc.epochs):
             tic, loss_sum, disc_sum, batches = time.perf_counter(), 0.0, 0.0, 0
@@ -459,6 +559,9 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                    **{f"train_{k}": v for k, v in train_m.items()}, **{f"val_{k}": v for k, v in val_m.items()},
                    "seconds": time.perf_counter() - tic}
             history.append(row)
+            if report and not on_terminal:
+                print(f"train epoch {epoch + 1}/{tc.epochs}: loss {row['train_loss']:.3f}, validation ELBO "
+                      f"{row['val_elbo']:.3f} nats/point, {row['seconds']:.1f} s", file=sys.stderr, flush=True)
             # To Fabric's loggers (TensorBoard), if any; metrics.csv is written below regardless.
             fabric.log_dict({k: v for k, v in row.items() if k != "epoch" and math.isfinite(v)}, step=epoch + 1)
             # Where validation is the test split, "best" would be chosen on the test set: keep only the last.
@@ -472,12 +575,14 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                         "scheduler": scheduler.state_dict() if scheduler else None, "epoch": epoch + 1,
                         "global_step": global_step, "rng": capture_rng(), "history": history,
                         "best_val_elbo": best, "bad_epochs": bad_epochs, "data_shape": DataShape.of(dataset).to_dict(), "custom_parts": custom,
-                        "loss_reference": guard.reference}
+                        "loss_reference": guard.reference, "resumes": resumes}
                 if adversary is not None:
                     ckpt.update(adversary=discriminator.state_dict(), adversary_optimizer=adversary[1].state_dict())
                 if fabric.is_global_zero:
                     runs.save_epoch(run_dir, ckpt, improved)
                     runs.write_metrics(run_dir, history)
+                    if resumes:
+                        (run_dir / "resumes.json").write_text(json.dumps(resumes, indent=2))
                 fabric.barrier()
                 guard.last_good = f"{run_dir / runs.CHECKPOINT} keeps epoch {epoch + 1}, the last good one"
             if stop:
@@ -497,7 +602,8 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
                "examples_seen": int(seen_all.item())}
         if run_dir is not None and fabric.is_global_zero:
             (run_dir / "ddp.json").write_text(json.dumps(ddp, indent=2))
-    result = FitResult(vae=vae, config=cfg, dataset=dataset, transform=transform, history=history, run_dir=run_dir, ddp=ddp)
+    result = FitResult(vae=vae, config=cfg, dataset=dataset, transform=transform, history=history, run_dir=run_dir, ddp=ddp,
+                       epochs_trained=len(history) - start_epoch)
     if run_dir is not None and fabric.is_global_zero and history:
         runs.save_run_pictures(result)
     return result

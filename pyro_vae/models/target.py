@@ -569,10 +569,12 @@ class TracedTarget:
         trace = poutine.trace(poutine.uncondition(self.model.model)).get_trace(placeholder)
         sites = _sample_sites(trace)
         observed = [name for name, site in sites.items() if _was_observed(site)]
-        if len(observed) != 1:
-            found = f"found {_names(observed)}" if observed else "it observes none"
-            raise ValueError(f"simulating draws x through the model's observed site, {found}: expected exactly one "
-                             "pyro.sample(name, distribution, obs=x) that observes the whole datapoint.")
+        if not observed:
+            raise ValueError(f"the model observes no site (latent sites: {_names(sites)}): expected "
+                             "pyro.sample(name, distribution, obs=x), through which simulating draws x.")
+        if len(observed) > 1:
+            raise ValueError(f"simulating draws x through the model's observed site, found {_names(observed)}: expected "
+                             "exactly one pyro.sample(name, distribution, obs=x) that observes the whole datapoint.")
         value = sites[observed[0]]["value"]
         if value.numel() != placeholder.numel():
             raise ValueError(f"observed site {observed[0]!r} drew shape {tuple(value.shape)} for {num_points} points of "
