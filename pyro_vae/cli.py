@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
     s.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
     s.add_argument("--num", type=int, default=64, help="number of samples")
-    s.add_argument("--out", help="PNG path (default: RUN_DIR/samples.png)")
+    s.add_argument("--out", help="PNG path (default: RUN_DIR/sample_NUM_seedSEED.png; training's samples.png is kept)")
     s.add_argument("--seed", type=int, default=0, help="seed of the draws")
     s.add_argument("--trust-code", action="store_true", help="import the code a received run names (its import paths) without `pyro-vae trust` first")
 
@@ -320,9 +320,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
-    from pyro_vae.core.errors import CheckpointError
+    from pyro_vae.core.errors import CheckpointError, ConfigError
     from pyro_vae.plots.figures import sample_grid
     from pyro_vae.runs.rundir import load_model, load_run, read_checkpoint
+
+    if args.num < 1:
+        raise ConfigError(f"--num must be a whole number >= 1 (samples to draw), got {args.num}.")
 
     try:
         vae, _ = load_model(args.run_dir, trust_code=args.trust_code)
@@ -330,7 +333,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     except CheckpointError:  # a checkpoint from before data shapes were recorded: rebuild through the data
         vae, _, dataset, _ = load_run(args.run_dir, trust_code=args.trust_code)
         event_shape = dataset.event_shape
-    out = Path(args.out) if args.out else Path(args.run_dir) / "samples.png"
+    # Its own file: training's samples.png stays as the run wrote it.
+    out = Path(args.out) if args.out else Path(args.run_dir) / f"sample_{args.num}_seed{args.seed}.png"
     plt.close(sample_grid(vae, n=args.num, path=out, seed=args.seed, event_shape=event_shape))
     print(f"wrote {args.num} samples (means and draws) to {out}")
     return 0

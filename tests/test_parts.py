@@ -84,7 +84,7 @@ def test_custom_prior_and_likelihood_by_import_path_through_every_command(tmp_pa
     out = run_cli(["evaluate", "runs/heavy", "--samples", "50", "--k-list", "1,10"], tmp_path, env)
     assert "log p(x) (IS)" in out
     run_cli(["sample", "runs/heavy", "--num", "4"], tmp_path, env)
-    assert (run_dir / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "sample_4_seed0.png").read_bytes()[:4] == b"\x89PNG"  # its own file: samples.png is training's
 
     shutil.rmtree(tmp_path / "data")
     code = ("from pyro_vae.runs.rundir import load_model; vae, t = load_model('runs/heavy');"

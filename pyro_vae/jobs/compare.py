@@ -59,17 +59,26 @@ def _baseline_transform(kind: str, vae_transform: DataTransform, levels: int | N
 
 
 def comparison_table(rows: Sequence[dict]) -> str:
-    """A Markdown table of comparison rows."""
+    """A Markdown table of comparison rows, the comparable column first.
+
+    Bits per dimension put probability masses (binary or level-valued data) and densities of
+    dequantized data on one scale, so they come first. The nats columns are labelled by what
+    they measure, ``log P(x)`` (a mass) or ``log p(x)`` (a density): a density in nats is not
+    comparable with a mass, nor with a density of other data.
+    """
     lines = [
-        "| model | data | log p(x) nats (± SE) | MC SE | bits/dim | ELBO | IWAE (largest K) | k̂ > 0.7 | fit s |",
+        "| model | data | bits/dim (comparable) | nats: log P(x) mass or log p(x) density (± SE) | MC SE | ELBO | "
+        "IWAE (largest K) | k̂ > 0.7 | fit s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         fmt = lambda v, p=2: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
+        ll = r["log_likelihood"]
+        kind = "density" if "dequantized" in r["data"] or "continuous" in r["data"] else "mass"
         lines.append(
-            f"| {r['model']} | {r['data']} | {r['log_likelihood']['mean']:.2f} ± {r['log_likelihood']['se']:.2f} | "
-            f"{fmt(r['log_likelihood']['mc_se'], 3)} | {r['log_likelihood']['bits_per_dim']:.4f} | {fmt(r.get('elbo'))} | "
-            f"{fmt(r.get('iwae_largest'))} | {fmt(r.get('frac_khat_above_0_7'), 3)} | {fmt(r.get('fit_seconds'), 1)} |"
+            f"| {r['model']} | {r['data']} | {ll['bits_per_dim']:.4f} | {ll['mean']:.2f} ± {ll['se']:.2f} ({kind}) | "
+            f"{fmt(ll['mc_se'], 3)} | {fmt(r.get('elbo'))} | {fmt(r.get('iwae_largest'))} | "
+            f"{fmt(r.get('frac_khat_above_0_7'), 3)} | {fmt(r.get('fit_seconds'), 1)} |"
         )
     return "\n".join(lines)
 

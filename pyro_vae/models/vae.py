@@ -312,6 +312,9 @@ class VAE(PyroModule):
         if x.dtype != dtype:
             raise TypeError(f"x has dtype {x.dtype} but this VAE computes in {dtype}; pass x.to({dtype}) "
                             "(integer levels too are given as floats).")
+        if tuple(x.shape) == self.event_shape:
+            raise ValueError(f"x has shape {tuple(x.shape)}: one datapoint without its batch dimension; pass "
+                             f"x.unsqueeze(0) (shape (1, {', '.join(map(str, self.event_shape))})).")
         if tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(
                 f"x has shape {tuple(x.shape)} but this VAE models points of shape {self.event_shape}; "

@@ -408,6 +408,12 @@ def make_fabric(train: TrainConfig, run_dir: str | Path | None = None):
     """
     from lightning_fabric import Fabric  # heavy (imports Lightning's utilities); only training needs it
 
+    if train.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.accelerator {train.accelerator!r}, but torch sees no CUDA GPU on this machine "
+                          "(torch.cuda.is_available() is False); use --accelerator cpu, or install a CUDA build of torch.")
+    if train.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.accelerator 'mps', but torch sees no Apple GPU (torch.backends.mps.is_available() is "
+                          "False); use --accelerator cpu.")
     strategy = train.strategy
     if strategy == "auto" and train.devices * train.num_nodes > 1:
         # The adversarial objectives leave parameters out of the generator's loss (the GAN's encoder,

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-from pyro_vae.core.errors import CheckpointError
+from pyro_vae.core.errors import CheckpointError, RunDirError
 from pyro_vae.data.files import UnreadableFileError, safe_torch_load
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "capture_rng", "restore_rng"]
@@ -46,9 +46,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "write" in str(exc).lower()):
+            # torch.save reports a full disk as a RuntimeError from its zip writer.
+            reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
+            raise RunDirError(f"could not write {str(path)!r} ({reason}); the previous file is intact. Free disk space "
+                              "(or choose another --out) and resume the run.") from None
         raise
 
 
@@ -95,8 +100,17 @@ def capture_rng() -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    """Inverse of :func:`capture_rng`."""
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
+    """Inverse of :func:`capture_rng`.
+
+    Raises:
+        CheckpointError: The saved states are not ones torch and Python can restore (an edited checkpoint).
+    """
+    try:
+        torch.set_rng_state(state["torch"])
+        random.setstate((3, tuple(state["python"]), None))
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"the checkpoint's random-number state cannot be restored ({' '.join(str(exc).split())[:120]}); "
+                              "it was edited or damaged, so the run cannot continue exactly: resume from best.pt or "
+                              "start a new run.") from None
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -195,6 +195,10 @@ def read_checkpoint(path: str | Path, which: str = "best", trust_code: bool = Fa
         warnings.warn(f"{exc} Using {str(fallback)!r} (the latest epoch) instead.", stacklevel=3)
         file, state = fallback, load_checkpoint(fallback, require=require)
     require_trust(state, file, trust_code)
+    for key, kind in (("epoch", int), ("global_step", int), ("history", list), ("bad_epochs", int)):
+        if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            raise CheckpointError(f"Checkpoint {str(file)!r}: its {key} is {state[key]!r}, not a {kind.__name__}; it was "
+                                  "edited or damaged: resume from the run's other checkpoint or start a new run.")
     return file, state
 
 
@@ -218,7 +222,17 @@ def trust_run(path: str | Path) -> list[str]:
 
 
 def load_weights(target: Any, weights: Any, file: Path, what: str = "model") -> None:
-    """``target.load_state_dict(weights)`` (a module, optimizer or schedule); a mismatch is a one-line CheckpointError."""
+    """``target.load_state_dict(weights)`` (a module, optimizer or schedule); a mismatch is a one-line CheckpointError.
+
+    A model's weights must also be finite: training never saves non-finite ones, so such a
+    checkpoint was damaged or edited (blaming the learning rate would send the user astray).
+    """
+    if what == "model" and isinstance(weights, dict):
+        bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise CheckpointError(f"Checkpoint {str(file)!r} holds non-finite weights ({', '.join(bad[:3])}); training "
+                                  "never saves such weights, so the file was damaged or edited: use the run's other "
+                                  "checkpoint (best.pt / checkpoint.pt) or retrain.")
     try:
         target.load_state_dict(weights)
     except (RuntimeError, TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
