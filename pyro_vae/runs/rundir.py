@@ -195,9 +195,10 @@ def read_checkpoint(path: str | Path, which: str = "best", trust_code: bool = Fa
         warnings.warn(f"{exc} Using {str(fallback)!r} (the latest epoch) instead.", stacklevel=3)
         file, state = fallback, load_checkpoint(fallback, require=require)
     require_trust(state, file, trust_code)
-    for key, kind in (("epoch", int), ("global_step", int), ("history", list), ("bad_epochs", int)):
+    for key, kind, what in (("epoch", int, "whole number"), ("global_step", int, "whole number"),
+                            ("history", list, "list"), ("bad_epochs", int, "whole number")):
         if key in state and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
-            raise CheckpointError(f"Checkpoint {str(file)!r}: its {key} is {state[key]!r}, not a {kind.__name__}; it was "
+            raise CheckpointError(f"Checkpoint {str(file)!r}: its {key} is {state[key]!r}, not a {what}; it was "
                                   "edited or damaged: resume from the run's other checkpoint or start a new run.")
     return file, state
 
