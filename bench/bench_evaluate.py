@@ -108,9 +108,10 @@ def eval_worker(state_path: str, which: str, samples: int, threads: int, profile
     from pyro_vae.data.datasets import load_dataset
     from pyro_vae.estimators.importance import evaluate
     from pyro_vae.runs.build import build_transform, build_vae
+    from pyro_vae.runs.checkpoint import load_checkpoint
 
     torch.set_num_threads(threads)
-    state = torch.load(state_path, weights_only=False)
+    state = load_checkpoint(state_path)  # the safe loader (weights_only=True): no pickle
     cfg = from_dict(state["config"])
     dataset = load_dataset(cfg.data.name, root=cfg.data.root, download=False)
     with pyro.settings.context(module_local_params=True):
@@ -180,10 +181,11 @@ def main() -> None:
     result = fit(config(args.data, args.epochs), run_dir=None, progress=False)
     train_seconds = time.perf_counter() - tic
     with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
-        from dataclasses import asdict
+        from pyro_vae.runs.checkpoint import save_checkpoint
+        from pyro_vae.runs.config import to_dict
 
         state_path = str(Path(tmp) / "model.pt")
-        torch.save({"config": asdict(result.config), "model": result.vae.state_dict()}, state_path)
+        save_checkpoint(state_path, {"config": to_dict(result.config), "model": result.vae.state_dict()})
         test = run_worker(state_path, "test", args.samples, args.threads, args.profile, args.repeats)
         full = None if args.skip_full else run_worker(state_path, "all", args.samples, args.threads, False)
 

@@ -106,7 +106,7 @@ def train(name: str, x_unit: torch.Tensor, epochs: int, seed: int, run_dir: Path
         optimizer = torch.optim.Adam(model.parameters(), lr=LR, eps=EPS)
     start, seconds = 0, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)  # our own file, written below
+        state = torch.load(ckpt, weights_only=True)  # tensors and plain containers only: no pickle
         model.load_state_dict(state["model"])
         start, seconds = state["epoch"], state["seconds"]
         torch.set_rng_state(state["rng"])
