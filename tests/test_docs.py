@@ -142,10 +142,10 @@ def test_site_builds_strict(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout}\n{proc.stderr}"
-    for page in ("index.html", "theory/elbo/index.html", "guide/config/index.html", "api/vae/index.html",
+    for page in ("index.html", "theory/elbo/index.html", "guide/config/index.html", "api/models/vae/index.html", "guide/own_model/index.html",
                  "benchmarks/index.html"):
         assert (site / page).is_file(), f"{page} missing from the built site"
-    api = (site / "api" / "vae" / "index.html").read_text(encoding="utf-8")
+    api = (site / "api" / "models" / "vae" / "index.html").read_text(encoding="utf-8")
     assert 'id="pyro_vae.models.vae.VAE"' in api, "mkdocstrings rendered no VAE class on the API page"
 
 

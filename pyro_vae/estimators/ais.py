@@ -102,10 +102,11 @@ def run_chains(model: Any, x: Tensor, cfg: Settings, *, exact: dict[str, Tensor]
     method)``; ``exact`` (``{site: (N, ...)}``) adds the reverse chains.
     """
     target = target_of(model, method)
-    target.check(x, gradients=True)
+    batch_size = batch_size or BATCH_SIZE
+    target.check(x, gradients=True, points=batch_size)
     passes = 1 if exact is None else 2
     figures = per_point(lambda batch, ex, tick: _batch(target, batch, ex or None, cfg, tick), model, x,
-                        batch_size=batch_size or BATCH_SIZE, fabric=fabric, seed=seed, progress=progress,
+                        batch_size=batch_size, fabric=fabric, seed=seed, progress=progress,
                         desc="AIS" if exact is None else "BDMC", steps_per_batch=passes * cfg.steps, extra=exact)
     return figures, target.method
 

@@ -223,7 +223,7 @@ def evaluate(
     rank, world = rank_and_world(fabric)
     local = len(range(rank, total, world))  # this rank's points
     batch_size = _bounded_batch(batch_size or BATCH_SIZE, num_samples)
-    target.check(x)
+    target.check(x, points=batch_size)
     num_dims = getattr(vae, "num_dims", math.prod(x.shape[1:]))
     width = getattr(getattr(vae, "likelihood", None), "num_params", 1) * num_dims
     chunk = chunk_size or max(1, min(num_samples, MAX_CHUNK_BYTES // (4 * width * min(batch_size, max(1, local)))))

@@ -57,7 +57,7 @@ class FusedVAE:
     def __init__(self, vae: Any) -> None:
         self.vae = vae
 
-    def check(self, x: Tensor, *, gradients: bool = False) -> None:
+    def check(self, x: Tensor, *, gradients: bool = False, points: int = 0) -> None:
         """The stock VAE meets the model protocol by construction: only the data are checked."""
         if is_validation_enabled() and x.shape[0]:  # the fused path skips Pyro's support checks
             for start in range(0, x.shape[0], CHECK_POINTS):

@@ -57,7 +57,7 @@ __all__ = ["WeightTerms", "weight_terms", "trace_log_joint", "trace_log_terms", 
 
 PARTICLE_PLATE = "_importance_particles"
 METHODS = ("auto", "fused", "trace")  # how an estimator computes the target: see fast_path
-PROBE_POINTS = 5  # points traced once to check the model protocol
+PROBE_POINTS = 5  # points traced once to check the model protocol, unless an estimator asks for its batch
 CHECK_POINTS = 1000  # points per pass of the data support check
 
 
@@ -331,13 +331,13 @@ def _elementwise(support: Any) -> Any:
     return support
 
 
-def check_data(model: Any, x: Tensor) -> None:
+def check_data(model: Any, x: Tensor, points: int = PROBE_POINTS) -> None:
     """Refuse data outside the support of the model's observed site, in one line (only while Pyro validates).
 
     A model with its own ``check_data(x)`` method (the stock VAE) is asked; otherwise the
-    model is traced once on a few points and ``x`` is checked elementwise against the
-    support of each observed site that observes ``x`` itself (``obs=x`` or a reshape of it).
-    A support that depends on the model's outputs cannot be checked ahead of them.
+    model is traced once on the first ``points`` points and ``x`` is checked elementwise
+    against the support of each observed site that observes ``x`` itself (``obs=x`` or a
+    reshape of it). A support that depends on the model's outputs cannot be checked ahead of them.
 
     Example:
         >>> import pyro.distributions as dist
@@ -357,7 +357,7 @@ def check_data(model: Any, x: Tensor) -> None:
         for start in range(0, x.shape[0], CHECK_POINTS):
             own(x[start : start + CHECK_POINTS])
         return
-    probe = x[:PROBE_POINTS].to(model_device(model, x.device))
+    probe = x[:points].to(model_device(model, x.device))
     devices = [probe.device] if probe.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), torch.no_grad():
         trace = poutine.trace(model.model).get_trace(probe)
@@ -490,14 +490,18 @@ class TracedTarget:
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def check(self, x: Tensor, *, gradients: bool = False) -> None:
-        """:func:`check_protocol` on the first points of ``x``, then :func:`check_data` on all of them."""
+    def check(self, x: Tensor, *, gradients: bool = False, points: int = PROBE_POINTS) -> None:
+        """:func:`check_protocol` on the first ``points`` points of ``x``, then :func:`check_data` on all of them.
+
+        The estimators pass their batch size as ``points``: the probe is then a batch they
+        would run anyway (a model that only runs on whole batches is probed as it runs).
+        """
         if x.shape[0] == 0:  # the estimators refuse empty data themselves
             return
-        probe = x[:PROBE_POINTS].to(model_device(self.model, x.device))
+        probe = x[:points].to(model_device(self.model, x.device))
         with evaluation_mode(self.model):
             check_protocol(self.model.model, self.model.guide, probe, gradients=gradients)
-            check_data(self.model, x)
+            check_data(self.model, x, points)
 
     def log_weights(self, x: Tensor, k: int, q: Any = None, prior: Any = None) -> tuple[Tensor, Tensor]:
         """``(log p(x|z), log w)``, each ``(k, B)``, for ``k`` draws ``z ~ q(z|x)`` per point (``q``, ``prior`` unused)."""
