@@ -10,7 +10,11 @@ Commands::
     pyro-vae compare RUN_DIR [--baselines ppca,fa,gmm,mob] [--components K] [--points N] [--batch-size N]
                    [--seed N] [--which best|last] [--out DIR] [--no-progress]
     pyro-vae sample RUN_DIR [--num N] [--out FILE]
+    pyro-vae trust RUN_DIR
     pyro-vae list
+
+``--trust-code`` on ``train --resume``, ``evaluate``, ``compare`` and ``sample`` imports the
+code a received run names without ``pyro-vae trust`` first (see :mod:`pyro_vae.runs.trust`).
 
 ``pyro-vae train`` with no arguments trains the embedded default (scikit-learn's
 digits, offline) and prints the final validation ELBO.
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", help="continue the run in this directory")
     t.add_argument("--devices", type=int, help="devices (processes) for DDP (config default: 1)")
     t.add_argument("--accelerator", help="cpu, gpu or auto (config default: cpu)")
-    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--no-progress", action="store_true", help="hide progress (a bar on a terminal, a line per epoch into a log)")
     t.add_argument("--trust-code", action="store_true", help="import the code a received run resumed with --resume names (its import paths) without `pyro-vae trust` first")
 
     # The estimators' defaults, from their one home (a light module: no torch).
@@ -110,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output folder (default: the run directory)")
     e.add_argument("--devices", type=int, default=1, help="processes (devices) that share the points, by DDP")
     e.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
-    e.add_argument("--no-progress", action="store_true", help="hide the progress bars (they show only on a terminal)")
+    e.add_argument("--no-progress", action="store_true", help="hide progress (a bar on a terminal, plain lines into a log)")
+    e.add_argument("--trust-code", action="store_true",
+                   help="import the code a received run names (its import paths) without `pyro-vae trust` first")
 
     c = sub.add_parser("compare", help="exact EM baselines against the VAE, same units", formatter_class=_Help)
     c.add_argument("run_dir", help="a run directory written by `pyro-vae train`")
@@ -125,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0, help="seed of the importance draws and the baselines' initialization")
     c.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint: best validation ELBO or latest")
     c.add_argument("--out", help="output folder (default: the run directory)")
-    c.add_argument("--no-progress", action="store_true", help="hide the progress bars (they show only on a terminal)")
+    c.add_argument("--no-progress", action="store_true", help="hide progress (a bar on a terminal, plain lines into a log)")
     c.add_argument("--trust-code", action="store_true", help="import the code a received run names (its import paths) without `pyro-vae trust` first")
 
     s = sub.add_parser("sample", help="draw samples from a trained model into a PNG", formatter_class=_Help)
@@ -303,7 +309,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                  steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, bdmc_points=args.bdmc,
                  data_root=args.data_root, num_points=args.points, batch_size=args.batch_size, seed=args.seed,
                  which=args.which, out=args.out, fabric=fabric, verbose=fabric is None or fabric.is_global_zero,
-                 progress=False if args.no_progress else None)
+                 progress=False if args.no_progress else None, trust_code=args.trust_code)
     return 0
 
 

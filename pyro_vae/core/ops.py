@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F  # noqa: F401  (the examples compare with it)
 from torch import Tensor, nn
 
 __all__ = ["bernoulli_log_prob", "subtract_softplus_tail", "Softplus"]

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,10 +25,60 @@ from pyro_vae.estimators.settings import IS_SAMPLES, K_LIST, Settings
 from pyro_vae.models.target import simulate
 from pyro_vae.objectives.adversarial import ais_init
 from pyro_vae.plots import figures as plots
-from pyro_vae.results.report import KHAT_THRESHOLD, Evaluation, write_report
+from pyro_vae.results.report import KHAT_THRESHOLD, Evaluation, json_safe, write_report
 from pyro_vae.runs.rundir import load_run, run_home
 
-__all__ = ["evaluate_run", "which_to_quote"]
+__all__ = ["evaluate_run", "which_to_quote", "evaluation_tags", "keep_evaluations", "report_text"]
+
+
+def evaluation_tags(split: str, points: int, seed: int | None, samples: int, method: str, steps: int, chains: int,
+                    leapfrog: int, bdmc_points: int) -> dict[str, str]:
+    """A name per estimator run, from its method and settings: the key it is kept under, and its pictures' suffix.
+
+    Example:
+        >>> evaluation_tags("test", 180, 0, 1000, "ais", 100, 16, 10, 20)["ais"]
+        'test_ais_T100_C16_L10_n180_seed0'
+    """
+    tags = {"is": f"{split}_is_K{samples}_n{points}_seed{seed}"}
+    if method == "ais":
+        tags["ais"] = f"{split}_ais_T{steps}_C{chains}_L{leapfrog}_n{points}_seed{seed}"
+    if bdmc_points:
+        tags["bdmc"] = f"simulated_bdmc_T{steps}_C{chains}_L{leapfrog}_n{bdmc_points}_seed{seed}"
+    return tags
+
+
+def keep_evaluations(report: Path, ev: Evaluation, tags: dict[str, str], pictures: dict[str, list[str]]) -> dict:
+    """Every evaluation of this output folder, the earlier ones read back from ``report``, this one's added.
+
+    An evaluation with other settings never replaces another: each is kept under its tag
+    (:func:`evaluation_tags`); the same settings again replace their own earlier entry.
+    """
+    kept: dict[str, Any] = {}
+    if report.exists():
+        try:
+            kept = dict(json.loads(report.read_text()).get("evaluations") or {})
+        except (OSError, ValueError, AttributeError):
+            kept = {}  # a damaged report.json holds nothing to keep; this evaluation starts it anew
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    sections = {"is": ev, **ev.sections}
+    for kind, tag in tags.items():
+        figures = json_safe(sections[kind].to_dict())
+        kept[tag] = {"estimator": kind, "written": stamp, "pictures": pictures.get(kind, []), **figures}
+    return kept
+
+
+def report_text(evaluations: dict[str, dict], run: str) -> str:
+    """``report.txt``: one line per kept evaluation, newest last, read from ``report.json``'s ``evaluations``."""
+    lines = [f"{run}: every evaluation kept in report.json (nats per point, mean ± SE over points)"]
+    for tag, e in sorted(evaluations.items(), key=lambda item: item[1].get("written", "")):
+        if e["estimator"] == "bdmc":
+            value = (f"lower {e['lower']['mean']:.3f} ± {e['lower']['se']:.3f}, upper {e['upper']['mean']:.3f} ± "
+                     f"{e['upper']['se']:.3f}, gap {e['gap']['mean']:.4f} ± {e['gap']['se']:.4f}")
+        else:
+            ll = e["log_likelihood"]
+            value = f"log p(x) {ll['mean']:.3f} ± {ll['se']:.3f} (MC SE {ll['mc_se']:.4f})"
+        lines.append(f"{e['written']}  {e['estimator'].upper():5s} {tag}: {value}")
+    return "\n".join(lines) + "\n"
 
 
 def which_to_quote(importance: Evaluation) -> str:
@@ -76,6 +128,7 @@ def evaluate_run(
     num_points: int | None = None,
     progress: bool | None = None,
     keep_log_weights: bool = False,
+    trust_code: bool = False,
 ) -> Evaluation:
     """Evaluate a trained run on one split; write ``report.json`` and the plots.
 
@@ -85,9 +138,12 @@ def evaluate_run(
     ``bdmc_points > 0`` also runs BDMC on that many points simulated from the model at
     ``T/100``, ``T/10`` and ``T`` (simulated through the model's own observed site, so any
     model that meets the protocol of :mod:`pyro_vae.models.target` works). Writes into ``out`` (default: the run directory)
-    ``report.json`` (IS figures at the top level, ``ais``/``bdmc`` sections beside them),
-    ``bound_vs_k.png``, ``khat_hist.png``, ``kl_per_dim.png`` and, with BDMC,
-    ``bdmc_sandwich.png``; prints the summary and which number to quote.
+    ``report.json`` (this evaluation's IS figures at the top level, ``ais``/``bdmc`` sections
+    beside them, and ``evaluations``: every evaluation of the folder kept under a tag of its
+    method and settings, see :func:`evaluation_tags`), ``report.txt`` (one line per kept
+    evaluation), and pictures named after the evaluation that drew them:
+    ``bound_vs_k_<tag>.png``, ``khat_hist_<tag>.png``, ``kl_per_dim_<tag>.png`` and, with
+    BDMC, ``bdmc_sandwich_<tag>.png``; prints the summary and which number to quote.
 
     Returns:
         The importance-sampling :class:`~pyro_vae.results.report.Evaluation`; the AIS and BDMC
@@ -114,6 +170,7 @@ def evaluate_run(
         num_points: Score only the first ``num_points`` points of the split (default: all).
         progress: Progress bars with ETA: ``True``, ``False`` or ``None`` (only on a terminal).
         keep_log_weights: Keep the ``(N, K)`` importance log-weights for ``to_inference_data()``.
+        trust_code: Import a received run's recorded import paths (see :mod:`pyro_vae.runs.trust`).
 
     Example:
         >>> result = evaluate_run("runs/default", method="ais", bdmc_points=50)  # doctest: +SKIP
@@ -134,7 +191,7 @@ def evaluate_run(
             probe.unlink()
         except OSError as exc:
             raise ValueError(f"output folder {str(out_dir)!r} is not writable ({exc.strerror}); pass another --out.") from None
-    vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root)
+    vae, cfg, dataset, transform = load_run(run_dir, which=which, data_root=data_root, trust_code=trust_code)
     x = transform(dataset.split(split)[0][:num_points], train=False)
     levels = transform.density_levels
     ev = evaluate(vae, x, num_samples, k_list, batch_size=batch_size, levels=levels, fabric=fabric, seed=seed,
@@ -159,18 +216,24 @@ def evaluate_run(
         ev.sections["bdmc"] = run
         ev.extra["bdmc_curve"] = curve
     ev.extra["quote"] = which_to_quote(ev)
+    tags = evaluation_tags(split, len(x), seed, num_samples, method, steps, chains, leapfrog, bdmc_points)
     if fabric is None or fabric.is_global_zero:
-        write_report(out_dir / "report.json", ev, ev.sections)
         run = run_home(run_dir).name
-        figures = [plots.bound_vs_k(ev, out_dir / "bound_vs_k.png", run=run),
-                   plots.khat_histogram(ev, out_dir / "khat_hist.png", run=run),
-                   plots.kl_per_dim(ev, out_dir / "kl_per_dim.png", run=run)]
+        pictures = {"is": [f"bound_vs_k_{tags['is']}.png", f"khat_hist_{tags['is']}.png", f"kl_per_dim_{tags['is']}.png"]}
+        if curve:
+            pictures["bdmc"] = [f"bdmc_sandwich_{tags['bdmc']}.png"]
+        ev.extra["evaluations"] = keep_evaluations(out_dir / "report.json", ev, tags, pictures)
+        write_report(out_dir / "report.json", ev, ev.sections)
+        (out_dir / "report.txt").write_text(report_text(ev.extra["evaluations"], run))
+        figures = [plots.bound_vs_k(ev, out_dir / pictures["is"][0], run=run),
+                   plots.khat_histogram(ev, out_dir / pictures["is"][1], run=run),
+                   plots.kl_per_dim(ev, out_dir / pictures["is"][2], run=run)]
         if curve:
             figures.append(plots.bdmc_sandwich(
                 [r["steps"] for r in curve], [r["lower"]["mean"] for r in curve], [r["upper"]["mean"] for r in curve],
                 [r["lower"]["mc_se"] for r in curve], [r["upper"]["mc_se"] for r in curve],
                 is_value=curve[-1]["is"]["mean"] if curve[-1]["is"] else None,
-                title=f"BDMC on {bdmc_points} simulated points", path=out_dir / "bdmc_sandwich.png", run=run))
+                title=f"BDMC on {bdmc_points} simulated points", path=out_dir / pictures["bdmc"][0], run=run))
         for fig in figures:
             plt.close(fig)
         if verbose:

@@ -12,6 +12,7 @@ when the model has them and they apply, and traces the model and guide otherwise
 model never needs to know the objectives.
 
 Example:
+    >>> import torch
     >>> import pyro, pyro.distributions as dist
     >>> def model(x):
     ...     with pyro.plate("data", len(x)):

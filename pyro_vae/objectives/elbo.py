@@ -7,6 +7,7 @@ draw for draw at the speed of a hand-written VAE) and traces ``model.model`` and
 ``model.guide`` when the model offers none or declines.
 
 Example:
+    >>> import torch
     >>> from pyro_vae.models.vae import VAE
     >>> vae = VAE((4,), latent_dim=2, likelihood="gaussian", hidden=[8])
     >>> ELBO(num_particles=2).training_loss(vae, torch.rand(3, 4)).shape

@@ -19,7 +19,7 @@ from pyro_vae.core.errors import PartError
 from pyro_vae.models.parts import register, spec_of
 from pyro_vae.models.priors import PRIORS, mog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MY_PARTS = textwrap.dedent('''
     import math
     from functools import partial

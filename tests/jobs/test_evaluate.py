@@ -345,8 +345,9 @@ def test_evaluate_run_writes_report_and_plots(trained_run, capsys):
     assert {"khat_mean", "frac_khat_above_0_7", "ess_mean", "active_units", "kl_per_dim"} <= set(report["diagnostics"])
     assert report["samples"] == 200 and report["split"] == "test"
     assert len(report["diagnostics"]["kl_per_dim"]) == 4
-    for name in ("bound_vs_k.png", "khat_hist.png", "kl_per_dim.png"):
-        assert (run_dir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for name in ("bound_vs_k", "khat_hist", "kl_per_dim"):
+        path = run_dir / f"{name}_test_is_K200_n{ev.num_points}_seed0.png"  # named after the evaluation
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     idata = ev.to_inference_data()
     assert isinstance(idata, az.InferenceData)
     assert {"pointwise", "latent"} <= set(idata.groups())  # the log-weights only when kept (test_inference_data)
@@ -373,5 +374,17 @@ def test_evaluate_run_with_ais_and_bdmc_writes_the_sections(trained_run, tmp_pat
     # AIS and IS estimate the same log p(x): on a small model they agree to a few nats per point.
     assert abs(report["ais"]["log_likelihood"]["mean"] - report["log_likelihood"]["mean"]) < 3.0
     assert set(ev.sections) == {"ais", "bdmc"}
-    assert (tmp_path / "bdmc_sandwich.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "bdmc_sandwich_simulated_bdmc_T40_C4_L4_n6_seed0.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / ".write_test.tmp").exists()
+
+    # A later IS-only evaluation keeps the AIS and BDMC results and their pictures: nothing is lost.
+    evaluate_run(run_dir, num_samples=50, k_list=(1, 50), out=tmp_path, num_points=12, verbose=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["samples"] == 50 and "ais" not in report  # the top level is the latest evaluation
+    kept = report["evaluations"]
+    assert set(kept) == {"test_is_K200_n12_seed0", "test_ais_T40_C4_L4_n12_seed0",
+                         "simulated_bdmc_T40_C4_L4_n6_seed0", "test_is_K50_n12_seed0"}
+    assert kept["test_ais_T40_C4_L4_n12_seed0"]["log_likelihood"]["mean"] == ev.sections["ais"].to_dict()["log_likelihood"]["mean"]
+    assert (tmp_path / "bdmc_sandwich_simulated_bdmc_T40_C4_L4_n6_seed0.png").exists()
+    text = (tmp_path / "report.txt").read_text()
+    assert all(tag in text for tag in kept) and "gap" in text and text.count("\n") == 5

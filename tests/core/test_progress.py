@@ -77,7 +77,7 @@ def test_training_into_a_log_prints_one_line_per_epoch(tmp_path):
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     log = tmp_path / "train.log"
     with open(log, "w") as handle:
         proc = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "--epochs", "3", "--hidden", "16",

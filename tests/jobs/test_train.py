@@ -15,7 +15,7 @@ from pyro_vae.core.errors import ConfigError
 from pyro_vae.jobs.train import fit
 from pyro_vae.runs.rundir import load_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_training_lowers_the_loss_on_digits():
