@@ -71,7 +71,10 @@ def _batch(target: Any, x: Tensor, exact: dict[str, Tensor] | None, cfg: Setting
     """Forward AIS (and, given exact latents, reverse AIS) on one batch; per-point figures."""
     rows = cfg.chains + cfg.pilots
     path: Annealing = target.annealing(x, cfg.init, rows)
-    terms = lambda z: _split_grads(z, path.log_densities)  # noqa: E731
+    if path.with_gradients is not None:  # the model's own kernels: no autograd graph per leapfrog step
+        terms = lambda z: LogTerms(*path.with_gradients(z))  # noqa: E731
+    else:
+        terms = lambda z: _split_grads(z, path.log_densities)  # noqa: E731
     betas = beta_schedule(cfg.steps, cfg.schedule)
     fwd = anneal(terms, path.z0, betas, cfg.step_size, leapfrog=cfg.leapfrog, target_accept=cfg.target_accept,
                  adapt=cfg.adapt, pilots=cfg.pilots, callback=tick)

@@ -46,7 +46,6 @@ from pyro_vae.runs.build import (
     build_scheduler,
     build_transform,
     build_model,
-    check_data,
     load_data,
     make_fabric,
 )
@@ -56,7 +55,7 @@ from pyro_vae.runs.config import Config, TrainConfig
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.datasets import Dataset
 from pyro_vae.data.transforms import DataTransform, iterate_minibatches
-from pyro_vae.models.target import weight_terms
+from pyro_vae.models.target import check_data, check_protocol, weight_terms
 
 __all__ = ["FitResult", "fit", "train_step", "epoch_metrics", "DivergenceGuard", "DIVERGENCE_FACTOR"]
 
@@ -467,7 +466,11 @@ def _fit(cfg: Config, fabric: Any, run_dir: Path | None, state: dict | None, pro
     # module-local parameters; a ready VAE built outside that context keeps Pyro's global store.
     local_params = ready is None or hasattr(getattr(vae, "_pyro_context", None), "param_state")
     transform = build_transform(cfg, dataset, vae)
-    check_data(vae, transform(dataset.train[:2000], train=False))
+    probe = transform(dataset.train[:2000], train=False)
+    check_data(vae, probe)
+    # A model that breaks the protocol (a latent outside the data plate, nothing observed, model and guide
+    # disagreeing) is refused now, in one line naming the site, not after training when it is evaluated.
+    check_protocol(vae.model, vae.guide, probe[: tc.batch_size])
     num_data = len(dataset.train)
 
     optimizer = build_optimizer(tc, vae.parameters())

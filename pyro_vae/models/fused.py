@@ -24,17 +24,19 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
 from torch import Tensor, nn
 
 from pyro_vae.core.ops import subtract_softplus_tail
-from pyro_vae.models.likelihoods import Generic
+from pyro_vae.models.likelihoods import Generic, categorical
 from pyro_vae.models.nets import MLPDecoder
 from pyro_vae.models.priors import prior_log_density
 from pyro_vae.models.target import CHECK_POINTS, Annealing, model_space
 
 __all__ = ["FusedVAE", "log_joint", "fused_bernoulli", "buffered_decoder", "log_lik_blocks", "bernoulli_log_prob_pieces",
+           "decoder_log_lik_and_grad", "categorical_log_prob_in_place",
            "BLOCK_ELEMENTS", "PIECE_ELEMENTS", "IN_PLACE_ACTIVATIONS"]
 
 BLOCK_ELEMENTS = 2**22  # decoder outputs per fused block (16 MB): big enough for efficient matmuls, small in memory
@@ -93,7 +95,26 @@ class FusedVAE:
         # rsample: the recipe the traced guide (or model) uses, so both paths start from the same draws.
         shape = (rows,) if init == "guide" else (rows, x.shape[0])
         z0 = q0.rsample(shape) if q0.has_rsample else q0.sample(shape)
-        return Annealing(lambda z: (log_joint(vae, x, z), q0.log_prob(z)), lambda latents: latents["z"], z0)
+        kernel = decoder_log_lik_and_grad(vae, x)
+        with_gradients = None
+        if kernel is not None:
+            prior_module = vae._modules["prior"]
+
+            def with_gradients(z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                # The decoder's term and its gradient by hand; the prior's and q0's (a few
+                # elements per chain) by autograd, as :func:`~pyro_vae.estimators.ais` would.
+                log_lik, grad_lik = kernel(z)
+                with torch.enable_grad(), pyro.validation_enabled(False):
+                    leaf = z.detach().requires_grad_(True)
+                    log_prior = prior_log_density(prior_module, leaf)
+                    log_q = q0.log_prob(leaf)
+                    grad_q = torch.autograd.grad(log_q.sum(), leaf, retain_graph=True)[0]
+                    grad_prior = torch.autograd.grad(log_prior.sum(), leaf)[0]
+                log_p = log_prior.detach() + log_lik
+                return log_p, log_q.detach().expand_as(log_p), grad_prior.add_(grad_lik), grad_q
+
+        return Annealing(lambda z: (log_joint(vae, x, z), q0.log_prob(z)), lambda latents: latents["z"], z0,
+                         with_gradients)
 
     def simulate(self, num_points: int, **_: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """``z ~ p(z)``, then ``x ~ p(x|z)``: ``(x, {"z": z})``, under the caller's RNG and mode."""
@@ -184,6 +205,131 @@ def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[..., Ten
     return run
 
 
+def _activation_grad(grad: Tensor, out: Tensor, act: type | None) -> Tensor:
+    """``grad * act'(a)`` (in place but for ReLU), from the activation's output ``out = act(a)``."""
+    if act is None:
+        return grad
+    if act is nn.ReLU:  # autograd's own kernel for it: one pass, no mask tensor
+        return torch.ops.aten.threshold_backward(grad, out, 0.0)
+    if act is nn.Tanh:
+        return grad.mul_(1.0 - out * out)
+    return grad.mul_(out * (1.0 - out))  # nn.Sigmoid
+
+
+def decoder_log_lik_and_grad(vae: Any, x: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+    """``z (R, B, d) -> (log p(x_b | z_rb) (R, B), its gradient in z (R, B, d))`` by hand, or ``None``.
+
+    AIS and BDMC need this term and its gradient at every leapfrog step. Autograd through
+    ``vae.decode(z).log_prob(x)`` builds the categorical's stacked, normalized and gathered
+    logits and walks them back, about a dozen passes over the ``(R B, levels D)`` logits per
+    step. Here the forward is ``torch.addmm`` per layer into buffers reused across calls;
+    the categorical's log-softmax over levels is ``max``, ``exp`` and ``sum`` in place, and
+    the softmax left in the buffer minus the one-hot of ``x`` is the gradient with respect
+    to the logits (a Bernoulli: ``sigmoid(l) - x``), carried back with one matmul per
+    layer. The one-hot's part, the chosen logits and their gradient, go through the last
+    layer's rows summed once per batch: no gather or scatter over the logits. Same numbers as autograd up to float rounding
+    (tested). Offered for a stock :class:`~pyro_vae.models.nets.MLPDecoder` (as
+    :func:`buffered_decoder` accepts it, no activation after the last layer) with a
+    ``categorical`` or plain Bernoulli likelihood and no replaced ``decode``; else ``None``.
+
+    Args:
+        vae: A :class:`~pyro_vae.models.vae.VAE`.
+        x: The batch ``(B, *event_shape)`` in model space.
+
+    Example:
+        >>> from pyro_vae.models.vae import VAE
+        >>> vae = VAE((4,), latent_dim=2, likelihood="bernoulli", hidden=[8])
+        >>> x, z = torch.bernoulli(torch.full((3, 4), 0.5)), torch.randn(5, 3, 2)
+        >>> log_lik, grad = decoder_log_lik_and_grad(vae, x)(z)
+        >>> leaf = z.clone().requires_grad_(True)
+        >>> auto = vae.decode(leaf).log_prob(x)
+        >>> bool(torch.allclose(log_lik, auto, atol=1e-5)), bool(torch.allclose(grad, torch.autograd.grad(auto.sum(), leaf)[0], atol=1e-5))
+        (True, True)
+    """
+    lik = getattr(vae, "likelihood", None)
+    is_categorical = _plain_categorical(vae)
+    if "decode" in vae.overridden or not (is_categorical or fused_bernoulli(vae)):
+        return None
+    plan = _mlp_plan(vae.decoder)
+    if plan is None or plan[-1][2] is not None:
+        return None
+    b, d = x.shape[0], vae.num_dims
+    levels = lik.levels if is_categorical else 1
+    if plan[-1][0].shape[0] != levels * d:
+        return None
+    dtype = plan[0][0].dtype
+    x_flat = x.reshape(b, d)
+    last_weight = plan[-1][0]  # (levels * D, hidden)
+    if is_categorical:  # the logit of x_j's level of pixel j sits at level * D + j (see Likelihood.unpack)
+        index = x_flat.long() * d + torch.arange(d, device=x.device)
+        # The one-hot of x through the last layer, once per batch: the chosen logits' sum is
+        # h · sum_j W[index_j] + sum_j bias[index_j], and its gradient in h is that sum of rows.
+        chosen_weight = last_weight[index].sum(1)  # (B, hidden)
+        chosen_bias = plan[-1][1][index].sum(1)  # (B,)
+    else:
+        x_flat = x_flat.to(dtype)
+    weights_t = [w.t().contiguous() for w, _, _ in plan]
+    buffers: dict[int, list[Tensor]] = {}
+
+    def kernel(z: Tensor) -> tuple[Tensor, Tensor]:
+        r = z.shape[0]
+        n = r * b
+        cached = buffers.get(n)
+        if cached is None:
+            buffers.clear()  # one size at a time (forward and reverse chains differ): no growing cache
+            outs = [z.new_empty(n, w.shape[0]) for w, _, _ in plan]
+            cached = buffers[n] = outs
+        outs = cached
+        h = z.reshape(n, -1)
+        for (_, bias, act), w_t, out in zip(plan, weights_t, outs):
+            last_input = h
+            torch.addmm(bias, h, w_t, out=out)
+            if act is not None:
+                IN_PLACE_ACTIVATIONS[act](out)
+            h = out
+        logits = h
+        if is_categorical:
+            # (B, R, 1): each point's R chains dotted with its chosen rows; cheaper than a gather of the logits
+            chosen = torch.bmm(last_input.view(r, b, -1).transpose(0, 1), chosen_weight.unsqueeze(-1))
+            log_lik = chosen.view(b, r).T + chosen_bias
+            per_level = logits.view(n, levels, d)
+            top = per_level.amax(1, keepdim=True)
+            per_level.sub_(top).exp_()
+            total = per_level.sum(1, keepdim=True)
+            per_level.div_(total)  # the softmax over levels, left in the logits' buffer
+            log_lik = log_lik - (top + total.log_()).view(r, b, d).sum(-1)
+            # -d log p / d h = softmax @ W - onehot(x) @ W
+            g = torch.mm(logits, last_weight)
+            g.view(r, b, -1).sub_(chosen_weight)
+        else:
+            view = logits.view(r, b, d)
+            log_lik = (view * x_flat).sum(-1) - torch.nn.functional.softplus(view).sum(-1)
+            g = torch.mm(view.sigmoid_().sub_(x_flat).view(n, d), last_weight)  # -d log p / d h
+        # g is -d log p / d (the last layer's input); carry it back through the other layers.
+        for layer in range(len(plan) - 2, -1, -1):
+            g = _activation_grad(g, outs[layer], plan[layer][2])
+            g = torch.mm(g, plan[layer][0])
+        return log_lik, g.neg_().view(r, b, -1)
+
+    return kernel
+
+
+def _mlp_plan(decoder: Any) -> list[tuple[Tensor, Tensor, type | None]] | None:
+    """``[(weight, bias, activation type or None)]`` of a stock MLP decoder, or ``None`` (see :func:`buffered_decoder`)."""
+    if type(decoder) is not MLPDecoder or any(m._forward_hooks or m._forward_pre_hooks for m in decoder.modules()):
+        return None
+    layers = list(decoder.net)
+    plan = []
+    for i in range(0, len(layers), 2):
+        linear, act = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+        if type(linear) is not nn.Linear or linear.bias is None:
+            return None
+        if act is not None and type(act) not in IN_PLACE_ACTIVATIONS:
+            return None
+        plan.append((linear.weight.detach(), linear.bias.detach(), None if act is None else type(act)))
+    return plan
+
+
 def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     """``log p(x_i | z_ki)`` of shape ``(k, B)`` for ``z`` of shape ``(k, B, d)``, in blocks.
 
@@ -191,15 +337,22 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
     chunk's decoder output never exists at once) while the matmuls stay large. A
     Bernoulli is scored from its logits ``l`` as ``x·l - softplus(l)`` in place on the
     decoder's own buffer (:func:`buffered_decoder`), where torch's
-    ``binary_cross_entropy_with_logits`` makes four full-size temporaries. Must run
-    under ``torch.no_grad()``.
+    ``binary_cross_entropy_with_logits`` makes four full-size temporaries; a stock
+    ``categorical`` likewise (:func:`categorical_log_prob_in_place`). Must run under
+    ``torch.no_grad()``.
     """
     k, b = z.shape[:2]
     fused = fused_bernoulli(vae)
     width = getattr(vae.likelihood, "num_params", 1) * vae.num_dims
     rows = max(1, BLOCK_ELEMENTS // width)
     points, samples = max(1, rows // k), min(k, rows)
-    decoder = buffered_decoder(vae.decoder, points * samples, z) if fused else None
+    levels = vae.likelihood.levels if _plain_categorical(vae) else 0
+    decoder = buffered_decoder(vae.decoder, points * samples, z) if fused or levels else None
+    if decoder is None:
+        levels = 0
+    else:
+        d = vae.num_dims
+        index = x.reshape(b, d).long() * d + torch.arange(d, device=x.device) if levels else None
     # (B, k, d), contiguous: a block is a few points times a run of their draws. A strided
     # slice would reach the decoder's matmul with a huge leading dimension, 20x slower.
     zt = z.transpose(0, 1).contiguous()
@@ -210,7 +363,10 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
         for s0 in range(0, k, samples):
             s1 = min(k, s0 + samples)
             zb = zt[i0:i1, s0:s1].contiguous()
-            if decoder is not None:
+            if levels:
+                logits = decoder(zb.reshape(-1, zb.shape[-1])).view(i1 - i0, s1 - s0, -1)
+                out[i0:i1, s0:s1] = categorical_log_prob_in_place(logits, index[i0:i1], levels)
+            elif decoder is not None:
                 logits = decoder(zb.reshape(-1, zb.shape[-1]), last_bias=False).view(i1 - i0, s1 - s0, -1)
                 out[i0:i1, s0:s1] = bernoulli_log_prob_pieces(logits, x_flat[i0:i1], overwrite=True,
                                                               bias=decoder.last_bias)
@@ -221,6 +377,28 @@ def log_lik_blocks(vae: Any, z: Tensor, x: Tensor) -> Tensor:
             else:
                 out[i0:i1, s0:s1] = vae.decode(zb).log_prob(x[i0:i1].unsqueeze(1))
     return out.T
+
+
+def _plain_categorical(vae: Any) -> bool:
+    """True when ``log p(x|z)`` is the stock ``categorical`` of the decoder's logits, nothing replaced."""
+    return type(getattr(vae, "likelihood", None)) is categorical and "decode" not in vae.overridden
+
+
+def categorical_log_prob_in_place(logits: Tensor, index: Tensor, levels: int) -> Tensor:
+    """``sum_j log softmax(l_j)[x_j]``: logits ``(p, s, levels * D)`` of ``p`` points -> ``(p, s)``; destroys ``logits``.
+
+    ``index`` ``(p, D)`` holds ``x_j * D + j``, where pixel ``j``'s logit of level ``x_j`` sits
+    (:meth:`~pyro_vae.models.likelihoods.Likelihood.unpack`). The chosen logits are gathered,
+    then the log-normalizers come from ``max``, ``exp`` and ``sum`` in place: no stacked copy
+    and no normalized logits, as ``Categorical(logits).log_prob`` makes.
+    """
+    p, s, width = logits.shape
+    d = width // levels
+    chosen = logits.gather(2, index.unsqueeze(1).expand(p, s, d)).sum(-1)
+    per_level = logits.view(p * s, levels, d)
+    top = per_level.amax(1, keepdim=True)
+    total = per_level.sub_(top).exp_().sum(1, keepdim=True)
+    return chosen - (top + total.log_()).view(p, s, d).sum(-1)
 
 
 def bernoulli_log_prob_pieces(logits: Tensor, x: Tensor, overwrite: bool = False, bias: Tensor | None = None) -> Tensor:

@@ -447,11 +447,16 @@ class Annealing:
             differentiable in ``z``.
         flatten: Exact latents ``{site: (B, ...)}`` -> their coordinates ``(B, D)``.
         z0: ``(R, B, D)`` draws from ``q0``.
+        with_gradients: Optional ``z -> (log p, log q0, ∇ log p, ∇ log q0)``: the same
+            numbers with their gradients ``(R, B, D)`` computed by the model's own kernels
+            (the stock VAE's :func:`~pyro_vae.models.fused.decoder_log_lik_and_grad`), in
+            place of autograd through ``log_densities``. ``None``: autograd.
     """
 
     log_densities: Callable[[Tensor], tuple[Tensor, Tensor]]
     flatten: Callable[[dict[str, Tensor]], Tensor]
     z0: Tensor
+    with_gradients: Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]] | None = None
 
 
 @dataclass

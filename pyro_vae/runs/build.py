@@ -44,7 +44,7 @@ from pyro_vae.data.transforms import DataTransform
 from pyro_vae.models.vae import VAE
 
 __all__ = ["DataShape", "as_config", "load_data", "resolve_auto", "record_parts", "record_vae", "record_model", "OBJECT_KINDS",
-           "build_model", "build_vae", "build_transform", "observed_support", "check_data", "build_objective",
+           "build_model", "build_vae", "build_transform", "observed_support", "build_objective",
            "build_optimizer", "build_scheduler", "make_fabric"]
 
 
@@ -235,32 +235,6 @@ def _base_support(support: constraints.Constraint) -> constraints.Constraint:
     while hasattr(support, "base_constraint"):  # independent(...) wraps the elementwise constraint
         support = support.base_constraint
     return support
-
-
-def check_data(model: Any, x: torch.Tensor) -> None:
-    """Refuse data outside the model's observed support, naming the site and the fix.
-
-    The stock VAE checks itself (``check_data``); any other model's observed sites are
-    traced once on ``x`` and their supports checked elementwise.
-    """
-    own = getattr(model, "check_data", None)
-    if own is not None:
-        own(x)
-        return
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        trace = poutine.trace(model.model).get_trace(x)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
-            continue
-        support = _base_support(site["fn"].support)
-        if constraints.is_dependent(support):
-            continue
-        bad = ~support.check(site["value"])
-        if bool(bad.any()):
-            value = site["value"][bad].flatten()[0].item()
-            raise ValueError(f"site {name!r}: {int(bad.sum())} data values lie outside the support {support} of its "
-                             f"{type(site['fn']).__name__} (e.g. {value:g}); transform the data to match it "
-                             "(see data.binarize, data.dequantize).")
 
 
 # Bytes per parameter while training: the weight, its gradient and Adam's two moments, float32.
