@@ -174,6 +174,9 @@ def test_burda_schedule_steps_at_fixed_epochs():
 
 def test_mnist_val_fraction_zero_trains_on_every_image(tmp_path):
     """data.val_fraction: 0 on MNIST keeps all training images and refuses early stopping (nothing to select on)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "data"))
     from test_data import write_split  # small files in torchvision's idx format
 
     write_split(tmp_path / "data", "train", 30, gz=True)
