@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--baselines", default="ppca,fa,gmm,mob", help="comma-separated: ppca, fa, gmm, gmm_full, mob")
     c.add_argument("--components", type=int, default=None,
                    help="components of every baseline (default: the latent size for PPCA/FA, 10 for mixtures)")
-    c.add_argument("--samples", type=int, default=1000, help="importance samples K for the VAE")
+    c.add_argument("--samples", type=int, default=IS_SAMPLES, help="importance samples K for the VAE")
     c.add_argument("--data-root", help="where the run's data lives now, if it moved since training")
     c.add_argument("--split", default="test", choices=("train", "val", "test"), help="the split to score")
     c.add_argument("--points", type=int, default=None, help="score only the first N points of the split (default: all)")

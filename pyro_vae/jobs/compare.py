@@ -27,6 +27,7 @@ import torch
 
 from pyro_vae.baselines.registry import make_baseline
 from pyro_vae.estimators.importance import evaluate
+from pyro_vae.estimators.settings import IS_SAMPLES
 from pyro_vae.models.views import latent_dims
 from pyro_vae.plots.figures import comparison_chart, plt
 from pyro_vae.runs.config import STOCK_MODEL
@@ -84,7 +85,7 @@ def comparison_table(rows: Sequence[dict]) -> str:
 
 
 def compare_run(run_dir: str | Path, baselines: Sequence[str] = ("ppca", "fa", "gmm", "mob"), components: int | None = None,
-                split: str = "test", num_samples: int = 1000, seed: int = 0, quiet: bool = False,
+                split: str = "test", num_samples: int = IS_SAMPLES, seed: int = 0, quiet: bool = False,
                 data_root: str | None = None, which: str = "best", *, num_points: int | None = None,
                 batch_size: int | None = None, out: str | Path | None = None,
                 progress: bool | None = None, trust_code: bool = False) -> list[dict]:
