@@ -30,6 +30,9 @@ import matplotlib.pyplot as plt
 import torch
 
 from pyro_vae.baselines.registry import make_baseline
+from pyro_vae.core.stats import LogLikelihood
+from pyro_vae.core.units import Representation
+from pyro_vae.data.files import UnreadableFileError, safe_torch_load
 from pyro_vae.estimators.ais import ais
 from pyro_vae.estimators.bdmc import bdmc
 from pyro_vae.estimators.importance import evaluate
@@ -87,10 +90,13 @@ def family_table(models: Mapping[str, Any], *, points: int | None = None, steps:
     for name, result in models.items():
         file = Path(cache) / f"{name}.pt" if cache is not None else None
         if file is not None and file.exists():
-            kept = torch.load(file, weights_only=False)
-            if kept["settings"] == settings:
+            try:  # the safe loader: a cache is plain tensors and containers, never pickled objects
+                kept = safe_torch_load(file)
+            except UnreadableFileError:
+                kept = {}  # a damaged cache entry is scored anew
+            if kept.get("settings") == settings:
                 rows.append(kept["row"])
-                scored[name] = kept["log_likelihood"]
+                scored[name] = _log_likelihood_from(kept["log_likelihood"])
                 continue
         vae, objective = result.vae.eval(), result.config.train.objective
         init, tic = ais_init(objective), time.perf_counter()
@@ -110,7 +116,8 @@ def family_table(models: Mapping[str, Any], *, points: int | None = None, steps:
         })
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"settings": settings, "row": rows[-1], "log_likelihood": scored[name]}, file.with_suffix(".tmp"))
+            torch.save({"settings": settings, "row": rows[-1], "log_likelihood": _log_likelihood_to(scored[name])},
+                       file.with_suffix(".tmp"))
             file.with_suffix(".tmp").replace(file)
     first = next(iter(models.values()))
     representation = str(scored[next(iter(scored))].representation)
@@ -130,6 +137,17 @@ def family_table(models: Mapping[str, Any], *, points: int | None = None, steps:
 
 def _pm(mean: float | None, se: float | None, digits: int = 2) -> str:
     return "–" if mean is None or not math.isfinite(mean) else f"{mean:.{digits}f} ± {se:.{digits}f}"
+
+
+def _log_likelihood_to(ll: LogLikelihood) -> dict[str, Any]:
+    return {"name": ll.name, "per_point": ll.per_point, "num_dims": ll.num_dims, "levels": ll.levels,
+            "mc_se": ll.mc_se, "extra": ll.extra, "kind": ll.representation.kind,
+            "representation_levels": ll.representation.levels}
+
+
+def _log_likelihood_from(raw: dict[str, Any]) -> LogLikelihood:
+    return LogLikelihood(raw["name"], raw["per_point"], raw["num_dims"], raw["levels"], raw["mc_se"], raw["extra"],
+                         Representation(raw["kind"], raw["representation_levels"]))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
