@@ -175,19 +175,14 @@ def buffered_decoder(decoder: Any, rows: int, like: Tensor) -> Callable[..., Ten
         rows: The largest block it will be called on.
         like: A tensor of the dtype and device to allocate.
     """
-    if type(decoder) is not MLPDecoder or any(m._forward_hooks or m._forward_pre_hooks for m in decoder.modules()):
+    layers = _mlp_plan(decoder)
+    if layers is None:
         return None
-    layers = list(decoder.net)
     plan = []
-    for i in range(0, len(layers), 2):
-        linear, act = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-        if type(linear) is not nn.Linear or linear.bias is None:
-            return None
-        if act is not None and type(act) not in IN_PLACE_ACTIVATIONS:
-            return None
-        weight_t = linear.weight.detach().t().contiguous()
+    for weight, bias, act in layers:
+        weight_t = weight.t().contiguous()
         out = like.new_empty(rows, weight_t.shape[1])
-        plan.append((weight_t, linear.bias.detach(), IN_PLACE_ACTIVATIONS.get(type(act)), out))
+        plan.append((weight_t, bias, IN_PLACE_ACTIVATIONS.get(act), out))
 
     def run(z: Tensor, last_bias: bool = True) -> Tensor:
         h = z
