@@ -138,8 +138,21 @@ def test_import_reader_resolves_relative_function_level_and_type_checking_import
     assert sorted(found) == [("pyro_vae.core.ops", False), ("pyro_vae.core.stats", True), ("pyro_vae.models.w", True)]
 
 
-def test_layer_rule_catches_an_upward_import():
-    assert layer_of("pyro_vae.models.vae") < layer_of("pyro_vae.runs.config")
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"importer -> imported"`` for every import that runs back up :data:`LAYERS`."""
+    upward = []
+    for module, imported in graph.items():
+        here = layer_of(module)
+        if here is None:  # the package's __init__: the public API, above everything
+            continue
+        upward += [f"{module} -> {m}" for m in sorted(imported) if layer_of(m) is not None and layer_of(m) > here]
+    return upward
+
+
+def test_layer_rule_catches_a_planted_upward_import():
+    planted = {"pyro_vae.models.vae": {"pyro_vae.runs.config", "pyro_vae.core.ops"}, "pyro_vae.runs.config": set(),
+               "pyro_vae": {"pyro_vae.jobs.train"}}
+    assert upward_imports(planted) == ["pyro_vae.models.vae -> pyro_vae.runs.config"]
 
 
 # --- the package ----------------------------------------------------------------------------
@@ -159,12 +172,7 @@ def test_no_import_cycle_among_package_modules():
 
 
 def test_subpackages_import_only_downward():
-    upward = []
-    for module, imported in import_graph().items():
-        here = layer_of(module)
-        if here is None:  # the package's __init__: the public API, above everything
-            continue
-        upward += [f"{module} -> {m}" for m in sorted(imported) if layer_of(m) is not None and layer_of(m) > here]
+    upward = upward_imports(import_graph())
     assert not upward, "imports running back up the layers:\n" + "\n".join(upward)
 
 

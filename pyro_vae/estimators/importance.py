@@ -49,7 +49,6 @@ from typing import Any, Callable, Sequence
 
 import pyro.distributions as dist
 import torch
-from pyro.infer.util import is_validation_enabled
 from torch import Tensor
 
 from pyro_vae.core.stats import logmeanexp, logmeanexp_mc_se

@@ -24,7 +24,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
 
-__all__ = ["generate", "reconstruct", "observed_site_names", "latent_dims", "is_stock"]
+__all__ = ["generate", "reconstruct", "observed_site_names", "latent_dims", "is_stock", "dtype_and_device"]
 
 
 def is_stock(model: Any) -> bool:
@@ -32,7 +32,8 @@ def is_stock(model: Any) -> bool:
     return all(hasattr(model, a) for a in ("decode", "prior", "encode")) and hasattr(getattr(model, "likelihood", None), "mean")
 
 
-def _dtype_device(model: Any) -> tuple[torch.dtype, torch.device]:
+def dtype_and_device(model: Any) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of the model's parameters (the defaults when it has none)."""
     params = list(model.parameters()) if hasattr(model, "parameters") else []
     return (params[0].dtype, params[0].device) if params else (torch.get_default_dtype(), torch.device("cpu"))
 
@@ -66,7 +67,7 @@ def generate(model: Any, n: int, event_shape: Sequence[int]) -> tuple[Tensor, Te
         d = model.decode(model.prior().sample((n,)))
         draw = d.sample()
         return model.likelihood.mean(d), draw
-    dtype, device = _dtype_device(model)
+    dtype, device = dtype_and_device(model)
     placeholder = torch.zeros(n, *event_shape, dtype=dtype, device=device)
     names = observed_site_names(model, placeholder)
     trace = poutine.trace(poutine.uncondition(model.model)).get_trace(placeholder)

@@ -37,6 +37,7 @@ from pyro_vae.runs.config import MODEL_RESERVED, STOCK_MODEL, Config, TrainConfi
 from pyro_vae.core.errors import ConfigError
 from pyro_vae.data.datasets import Dataset, load_dataset
 from pyro_vae.models.likelihoods import resolve_likelihood
+from pyro_vae.models.views import dtype_and_device
 from pyro_vae.objectives.adversarial import ADVERSARIAL
 from pyro_vae.objectives.elbo import ELBO
 from pyro_vae.objectives.iwae import IWAE
@@ -211,7 +212,7 @@ def observed_support(model: Any, event_shape: tuple[int, ...]) -> constraints.Co
     Raises:
         ValueError: The model has no observed site, or several with different supports.
     """
-    placeholder = torch.zeros(2, *event_shape, dtype=_dtype_of(model))
+    placeholder = torch.zeros(2, *event_shape, dtype=dtype_and_device(model)[0])
     with torch.no_grad(), torch.random.fork_rng(devices=[]):  # reading a trace must not shift the run's draws
         trace = poutine.trace(model.model).get_trace(placeholder)
     observed = {name: site["fn"].support for name, site in trace.nodes.items()
@@ -224,11 +225,6 @@ def observed_support(model: Any, event_shape: tuple[int, ...]) -> constraints.Co
         raise ValueError(f"{type(model).__name__}.model(x) observes x at sites with different supports "
                          f"{dict((k, repr(v)) for k, v in observed.items())}; one data representation is needed.")
     return next(iter(observed.values()))
-
-
-def _dtype_of(model: Any) -> torch.dtype:
-    params = list(model.parameters()) if hasattr(model, "parameters") else []
-    return params[0].dtype if params else torch.get_default_dtype()
 
 
 def _base_support(support: constraints.Constraint) -> constraints.Constraint:
